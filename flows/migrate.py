@@ -1,0 +1,83 @@
+"""The parent flow: prepare data, optional baseline (round 0), the recursive rounds, export."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prefect import flow, get_run_logger
+
+from llamaduo.config import STANDIN_MODEL, RunConfig
+from llamaduo.errors import BudgetExhausted
+from llamaduo.export import model_card
+from llamaduo.gate import STOP_BUDGET, STOP_PASSED, best_round, decide
+from llamaduo.models import resolve_student
+from llamaduo.service import ServiceStats
+from llamaduo.standin import LABEL as STANDIN_LABEL
+from llamaduo.store import RunDir
+from llamaduo.summary import write_summary
+from tasks.data import data_inputs_sha, prepare_data
+from tasks.evaluate import evaluate, infer
+from tasks.export import export
+
+from .round import migration_round
+from .state import LoopState, record_round, summary_for
+
+
+def _baseline(cfg: RunConfig, rd: RunDir, base_model: str, data: dict, state: LoopState) -> None:
+    """Round 0: the base student, judged the same way on the same test items."""
+    inf = infer(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model,
+                                                  None, data["test"], cfg.student.system_prompt,
+                                                  str(rd.round(0) / "answers.jsonl"))
+    ev = evaluate(cfg.model_dump(mode="json"), data["test"], inf["answers"], 0,
+                                                    state.spent, str(rd.service_cache),
+                                                    str(rd.round(0) / "judged.jsonl"))
+    state.spent = ServiceStats().add(state.spent).add(ev["service"]).to_dict()
+    decision = decide(ev["metrics"], cfg.gate)
+    record_round(state, cfg, rd, {
+        "round": 0, "train_rows": 0, "synthetic_rows_added": 0, "dropped": {}, "metrics": ev["metrics"],
+        "gate": decision.to_summary(), "service": ev["service"],
+        "durations_s": {"infer": inf["seconds"], "evaluate": ev["seconds"]}, "gate_reason": decision.reason,
+        "judged_path": ev["judged"]["path"]})
+
+
+@flow(name="llamaduo-migrate", flow_run_name="migrate-{config.name}", persist_result=True, log_prints=True)
+def migrate(config: RunConfig, workdir: str) -> dict:
+    """Migrate one task from the service LLM to the student; returns where the results are."""
+    log = get_run_logger()
+    cfg = config
+    rd = RunDir(workdir).mkdirs()
+    if cfg.service.model == STANDIN_MODEL:
+        log.warning("service LLM: %s — a demo stand-in, not a real teacher", STANDIN_LABEL)
+    base_model = resolve_student(cfg.student.model)
+    data = prepare_data(cfg.data.model_dump(mode="json"),
+                                                          data_inputs_sha(cfg.data.path, cfg.data.test_path),
+                                                          str(rd.data))
+    log.info("coverage data: %d train rows, %d test rows", data["train_rows"], data["test_rows"])
+    state = LoopState(train_parts=[data["train"]], train_rows=data["train_rows"])
+    try:
+        if cfg.gate.baseline:
+            _baseline(cfg, rd, base_model, data, state)
+    except BudgetExhausted:
+        state.stop_reason = STOP_BUDGET
+    if state.stop_reason is None:
+        state = migration_round(cfg, str(rd.root), base_model, data, 1,
+                                                                         state)
+    best = best_round(state.rounds, cfg.gate.metric)
+    passed = state.stop_reason == STOP_PASSED
+    final_dir = None
+    if best is not None:
+        summary = summary_for(state, cfg, passed=passed, final_model_dir=str(rd.export))
+        card = model_card(cfg.name, summary, best, cfg.student.model, cfg.service.model,
+                          STANDIN_LABEL if cfg.service.model == STANDIN_MODEL else "service LLM")
+        export(base_model, cfg.student.model, best["adapter"], card,
+                                                 str(rd.export))
+        final_dir = str(rd.export)
+    summary = summary_for(state, cfg, passed=passed, final_model_dir=final_dir)
+    write_summary(rd, summary)
+    dropped = Counter()
+    for r in state.rounds:
+        dropped.update(r["dropped"])
+    log.info("done: passed=%s stop_reason=%s rounds=%d", passed, state.stop_reason,
+             len([r for r in state.rounds if r["round"] >= 1]))
+    return {"summary_path": str(rd.summary), "passed": passed, "stop_reason": state.stop_reason,
+            "final_model_dir": final_dir}

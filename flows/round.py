@@ -1,0 +1,101 @@
+"""One fine-tuning round as a subflow that calls itself for the next round.
+
+synthesize → curate (waves until `synth.rows_per_round` rows survive) → build the
+training set → finetune → infer → evaluate → gate. Decisions are library functions;
+this module only orchestrates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from prefect import flow, get_run_logger
+
+from llamaduo.config import RunConfig
+from llamaduo.errors import BudgetExhausted
+from llamaduo.gate import STOP_BUDGET, decide, stop_reason
+from llamaduo.service import ServiceStats, budget_left
+from llamaduo.store import RunDir
+from tasks.evaluate import evaluate, infer
+from tasks.synth import build_training_set, curate_candidates, synthesize
+from tasks.train import finetune
+
+from .state import LoopState, record_round
+
+
+def _synthesize_round(cfg: RunConfig, rd: RunDir, data: dict, round_no: int, state: LoopState, service: ServiceStats,
+                      durations: Counter) -> tuple[list[dict], Counter]:
+    """Request waves until enough rows survive curation (or waves run out)."""
+    rdir = rd.round(round_no)
+    kept_parts: list[dict] = []
+    dropped: Counter = Counter()
+    need = cfg.synth.rows_per_round
+    for wave in range(cfg.synth.max_waves):
+        n_requests = math.ceil(need / cfg.synth.pairs_per_request)
+        s = synthesize(cfg.model_dump(mode="json"), data["train"], round_no, wave, n_requests, state.seed_offset,
+                    ServiceStats().add(state.spent).add(service).to_dict(), str(rd.service_cache),
+                    str(rdir / f"candidates_w{wave}.jsonl"))
+        state.seed_offset += n_requests
+        service.add(s["service"])
+        durations["synthesize"] += s["seconds"]
+        dropped.update({"service_failed": len(s["failures"])} if s["failures"] else {})
+        c = curate_candidates(s["candidates"], state.train_parts + kept_parts, data["test"], 8, need,
+                     str(rdir / f"curated_w{wave}.jsonl"))
+        durations["curate"] += c["seconds"]
+        dropped.update(c["dropped"])
+        kept_parts.append(c["kept"])
+        need -= c["kept_rows"]
+        if need <= 0:
+            break
+    return kept_parts, dropped
+
+
+@flow(name="migration-round", flow_run_name="round-{round_no}", persist_result=True, log_prints=True)
+def migration_round(cfg: RunConfig, workdir: str, base_model: str, data: dict, round_no: int, state: LoopState
+                    ) -> LoopState:
+    log = get_run_logger()
+    rd = RunDir(workdir)
+    rdir = rd.round(round_no)
+    service, durations = ServiceStats(), Counter()
+    log.info("round %d: training on %d rows so far, adding %d synthetic rows", round_no,
+             state.train_rows, cfg.synth.rows_per_round)
+    try:
+        kept_parts, dropped = _synthesize_round(cfg, rd, data, round_no, state, service, durations)
+        ts = build_training_set(state.train_parts + kept_parts,
+                                                                  str(rdir / "train.jsonl"))
+        ft = finetune(cfg.train.model_dump(mode="json"), base_model,
+                                                        cfg.student.model, ts["train"], cfg.student.system_prompt,
+                                                        str(rdir / "adapter"))
+        durations["finetune"] += ft["seconds"]
+        inf = infer(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model,
+                                                      ft["adapter"], data["test"], cfg.student.system_prompt,
+                                                      str(rdir / "answers.jsonl"))
+        durations["infer"] += inf["seconds"]
+        ev = evaluate(cfg.model_dump(mode="json"), data["test"], inf["answers"],
+                                                        round_no, ServiceStats().add(state.spent).add(service).to_dict(),
+                                                        str(rd.service_cache), str(rdir / "judged.jsonl"))
+        service.add(ev["service"])
+        durations["evaluate"] += ev["seconds"]
+    except BudgetExhausted as exc:
+        log.warning("stopping: %s", exc)
+        state.spent = ServiceStats().add(state.spent).add(service).to_dict()
+        state.stop_reason = STOP_BUDGET
+        return state
+    decision = decide(ev["metrics"], cfg.gate)
+    state.train_parts = state.train_parts + kept_parts
+    state.spent = ServiceStats().add(state.spent).add(service).to_dict()
+    record_round(state, cfg, rd, {
+        "round": round_no, "train_rows": ts["rows"], "synthetic_rows_added": ts["rows"] - state.train_rows,
+        "dropped": dict(dropped), "metrics": ev["metrics"], "gate": decision.to_summary(),
+        "service": service.to_dict(), "durations_s": {k: round(v, 2) for k, v in durations.items()},
+        "gate_reason": decision.reason, "adapter": ft["adapter"], "train_stats": ft["stats"],
+        "infer_stats": inf["stats"], "judged_path": ev["judged"]["path"],
+    })
+    state.train_rows = ts["rows"]
+    log.info("round %d gate: %s -> %s", round_no, decision.reason, "PASS" if decision.passed else "fail")
+    reason = stop_reason(decision, round_no, cfg.gate.max_rounds, budget_left(state.spent, cfg.budget))
+    if reason is not None:
+        state.stop_reason = reason
+        return state
+    return migration_round(cfg, workdir, base_model, data, round_no + 1, state)

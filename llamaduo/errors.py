@@ -1,0 +1,23 @@
+"""Errors the CLI maps to exit codes (DESIGN.md: 2 = bad config/data)."""
+
+
+class InputError(Exception):
+    """Invalid config or data. The message names the file, line/row and field."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None, field: str | None = None):
+        self.file, self.line, self.field = file, line, field
+        where = ""
+        if file:
+            where = str(file)
+            if line is not None:
+                where += f", line {line}"
+            if field:
+                where += f", field '{field}'"
+            where += ": "
+        elif field:
+            where = f"field '{field}': "
+        super().__init__(where + message)
+
+
+class BudgetExhausted(Exception):
+    """A hard budget cap (calls or USD) was reached; the run stops cleanly."""

@@ -1,0 +1,54 @@
+"""Batched generation by the (fine-tuned) student on the test prompts."""
+
+from __future__ import annotations
+
+import time
+
+from .data import Example, to_chat
+
+
+def load_student(base_model: str, adapter_dir: str | None):
+    """Base model with the LoRA adapter merged in: the same weights the export ships."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model.eval()
+    return model.to("cuda") if cuda else model
+
+
+def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict], *, system_prompt: str | None,
+                     max_new_tokens: int, batch_size: int, progress: bool = True) -> tuple[list[str], dict]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .models import load_tokenizer
+
+    tok = load_tokenizer(adapter_dir or base_model)
+    tok.padding_side = "left"  # decoder-only batches pad on the left
+    model = load_student(base_model, adapter_dir)
+    prompts = [tok.apply_chat_template(to_chat(Example.from_dict(it), system_prompt)["prompt"], tokenize=False,
+                                       add_generation_prompt=True) for it in items]
+    answers: list[str] = []
+    new_tokens = 0
+    t0 = time.time()
+    torch.manual_seed(0)
+    for start in tqdm(range(0, len(prompts), batch_size), desc="infer", unit="batch", disable=not progress,
+                      leave=False):
+        batch = tok(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                    add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        gen = out[:, batch["input_ids"].shape[1]:]
+        new_tokens += int((gen != tok.pad_token_id).sum())
+        answers.extend(t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True))
+    seconds = time.time() - t0
+    return answers, {"items": len(items), "new_tokens": new_tokens, "seconds": round(seconds, 2),
+                     "tokens_per_s": round(new_tokens / seconds, 1) if seconds else None}

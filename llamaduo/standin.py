@@ -1,0 +1,107 @@
+"""The offline stand-in teacher (demo only; clearly not a real service LLM).
+
+No real service LLM can run offline here, so the demo routes `llamaduo-standin/teacher`
+through litellm's custom-provider hook to this deterministic stand-in. It answers the
+two request kinds of the default prompts in the paper's output formats:
+
+* synthesis: `{"contents": [...]}` with pairs drawn from a pool dataset (the config's
+  `service.standin_pool`, disjoint from the test split), chosen by a hash of the prompt;
+* judging: similarity = ROUGE-L F1 × 100 and precision = ROUGE-L recall × 100 of the
+  candidate against the reference.
+
+The student, its training and inference are all real; only the teacher is simulated.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from functools import lru_cache
+
+from .similarity import rouge_l
+from .store import sha256_text
+
+PROVIDER = "llamaduo-standin"
+LABEL = "offline stand-in teacher (deterministic; not a real LLM)"
+
+_JUDGE_BLOCK = re.compile(r"{label}:\s*```\n?(.*?)\n?```", re.DOTALL)
+_N = re.compile(r"generate (\d+) more pairs", re.IGNORECASE)
+_TOPIC = re.compile(r"The topic is:?\s*(.+?)\.\s", re.IGNORECASE)
+
+
+def _block(prompt: str, label: str) -> str | None:
+    m = re.search(_JUDGE_BLOCK.pattern.format(label=re.escape(label)), prompt, re.DOTALL)
+    return m.group(1) if m else None
+
+
+@lru_cache(maxsize=4)
+def _pool(path: str) -> tuple[tuple[str, str, str | None], ...]:
+    from .data import load_examples
+
+    return tuple((e.instruction, e.response, e.category) for e in load_examples(path))
+
+
+def judge_reply(prompt: str) -> str | None:
+    instruction = _block(prompt, "Instruction")
+    reference = _block(prompt, "Human Response")
+    candidate = _block(prompt, "Language Model Response")
+    if reference is None or candidate is None or instruction is None:
+        return None
+    r = rouge_l(candidate, reference) if candidate.strip() else {"f": 0.0, "recall": 0.0}
+    sim = max(1, min(100, round(100 * r["f"])))
+    prec = max(1, min(100, round(100 * r["recall"])))
+    return json.dumps({
+        "similarity_assessment": {"score": sim, "reason": f"stand-in: ROUGE-L F1 {r['f']:.2f} vs the human response"},
+        "precision_assessment": {"score": prec, "reason": f"stand-in: ROUGE-L recall {r['recall']:.2f} of the human response"},
+    })
+
+
+def synth_reply(prompt: str, pool_path: str) -> str | None:
+    if '"contents"' not in prompt:
+        return None
+    pool = _pool(pool_path)
+    n_match = _N.search(prompt)
+    n = int(n_match.group(1)) if n_match else 5
+    topic_match = _TOPIC.search(prompt)
+    topic = topic_match.group(1).strip().casefold() if topic_match else ""
+    same_topic = [p for p in pool if p[2] and p[2].casefold() == topic]
+    candidates = same_topic if len(same_topic) >= n else list(pool)
+    rng = random.Random(sha256_text(prompt))
+    picks = rng.sample(candidates, min(n, len(candidates)))
+    return json.dumps({"contents": [{"instruction": i, "response": r} for i, r, _ in picks]})
+
+
+def reply(prompt: str, pool_path: str | None) -> str:
+    text = judge_reply(prompt)
+    if text is None and pool_path:
+        text = synth_reply(prompt, pool_path)
+    if text is None:
+        raise ValueError("the stand-in teacher only understands the default synthesis and judge prompts")
+    return text
+
+
+def register_standin(pool_path: str | None) -> None:
+    """Register the stand-in as a litellm custom provider (idempotent)."""
+    import litellm
+    from litellm import CustomLLM, ModelResponse
+
+    class StandinTeacher(CustomLLM):
+        def _respond(self, model, messages) -> ModelResponse:
+            prompt = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")
+            text = reply(prompt, pool_path)
+            return ModelResponse(
+                model=model,
+                choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                usage={"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
+                       "total_tokens": (len(prompt) + len(text)) // 4},
+            )
+
+        def completion(self, model, messages, *args, **kwargs):
+            return self._respond(model, messages)
+
+        async def acompletion(self, model, messages, *args, **kwargs):
+            return self._respond(model, messages)
+
+    litellm.custom_provider_map = [p for p in litellm.custom_provider_map if p["provider"] != PROVIDER] + [
+        {"provider": PROVIDER, "custom_handler": StandinTeacher()}]

@@ -1,0 +1,59 @@
+"""Prompt templates: Jinja2, inline text or a file path; defaults are the paper's prompts."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from .errors import InputError
+from .store import sha256_text
+
+SYNTH_VARIABLES = {"instruction", "response", "topic", "n"}
+JUDGE_VARIABLES = {"instruction", "reference", "candidate"}
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+def _default(name: str) -> str:
+    return resources.files("llamaduo").joinpath("prompts", name).read_text(encoding="utf-8")
+
+
+class PromptTemplate:
+    def __init__(self, source: str, *, origin: str, allowed: set[str]):
+        self.source, self.origin = source, origin
+        try:
+            self._template = _ENV.from_string(source)
+            from jinja2 import meta
+
+            used = meta.find_undeclared_variables(_ENV.parse(source))
+        except jinja2.TemplateSyntaxError as exc:
+            raise InputError(f"template syntax error: {exc.message}", file=origin, line=exc.lineno) from None
+        unknown = used - allowed
+        if unknown:
+            raise InputError(f"unknown template variable(s) {sorted(unknown)}; allowed: {sorted(allowed)}",
+                             file=origin)
+        self.sha256 = sha256_text(source)
+
+    def render(self, **variables) -> str:
+        return self._template.render(**variables)
+
+
+def load_template(spec: str | None, *, default: str, allowed: set[str], field: str) -> PromptTemplate:
+    if spec is None:
+        return PromptTemplate(_default(default), origin=f"llamaduo/prompts/{default}", allowed=allowed)
+    if "\n" not in spec and "{{" not in spec:
+        path = Path(spec)
+        if not path.is_file():
+            raise InputError("template file not found", file=spec, field=field)
+        return PromptTemplate(path.read_text(encoding="utf-8"), origin=str(path), allowed=allowed)
+    return PromptTemplate(spec, origin=field, allowed=allowed)
+
+
+def synth_template(spec: str | None) -> PromptTemplate:
+    return load_template(spec, default="synth.j2", allowed=SYNTH_VARIABLES, field="synth.prompt_template")
+
+
+def judge_template(spec: str | None) -> PromptTemplate:
+    return load_template(spec, default="judge.j2", allowed=JUDGE_VARIABLES, field="judge.prompt_template")
