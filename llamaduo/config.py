@@ -28,7 +28,7 @@ class DataConfig(_Section):
 
 
 class ServiceConfig(_Section):
-    model: str = Field(STANDIN_MODEL, description="litellm model string of the service LLM (e.g. openai/gpt-4o). "
+    model: str = Field(..., description="litellm model string of the service LLM (e.g. openai/gpt-4o). "
                        f"`{STANDIN_MODEL}` is the offline stand-in teacher (demo only).")
     api_base: str | None = Field(None, description="Endpoint override (vLLM, Ollama, a proxy).")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key "
@@ -104,7 +104,7 @@ class BudgetConfig(_Section):
 class RunConfig(_Section):
     name: str = Field("migration", description="Run name (flow run names, model card).")
     data: DataConfig
-    service: ServiceConfig = ServiceConfig()
+    service: ServiceConfig
     synth: SynthConfig = SynthConfig()
     judge: JudgeConfig = JudgeConfig()
     student: StudentConfig = StudentConfig()

@@ -19,19 +19,16 @@ def extract_json(text: str) -> object:
     """The first JSON object in `text`: fenced block, bare object, or repairable near-JSON."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("empty reply")
-    candidates = [m.group(1) for m in _FENCE.finditer(text)]
+    fenced = [m.group(1).strip() for m in _FENCE.finditer(text)]
     start, end = text.find("{"), text.rfind("}")
-    if start != -1:
-        candidates.append(text[start:end + 1] if end > start else text[start:])
-    candidates.append(text)
-    for cand in candidates:
-        cand = cand.strip()
-        if not cand:
-            continue
+    braced = [text[start:end + 1] if end > start else text[start:]] if start != -1 else []
+    for cand in fenced + [text.strip()] + braced:  # strict parses first
         try:
             return json.loads(cand)
         except json.JSONDecodeError:
             pass
+    # Repair only the JSON-looking parts, never the prose around them.
+    for cand in (fenced + braced) or [text.strip()]:
         repaired = json_repair.loads(cand)
         if isinstance(repaired, (dict, list)) and repaired:
             return repaired

@@ -202,10 +202,10 @@ class ServiceClient:
             if record is not None:
                 self.stats.cached += 1
             else:
-                if self._over_budget():
-                    self.budget_hit = True
-                    return Result(False, error="budget exhausted before this call", kind="budget")
                 async with sem:
+                    if self._over_budget():  # checked inside the semaphore: in-flight calls count
+                        self.budget_hit = True
+                        return Result(False, error="budget exhausted before this call", kind="budget")
                     try:
                         self.stats.calls += 1
                         PROCESS_STATS.calls += 1

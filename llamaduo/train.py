@@ -61,8 +61,8 @@ def load_trainable_model(base_model: str, cfg: TrainConfig):
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
-def train_lora(spec: TrainSpec) -> dict:
-    """Fine-tune in this process; returns training stats. Writes the adapter to spec.output_dir."""
+def build_trainer(spec: TrainSpec, work_dir: Path):
+    """An SFTTrainer with a LoRA adapter on the student; loss on the completion (assistant) only."""
     import warnings
 
     import torch
@@ -80,35 +80,46 @@ def train_lora(spec: TrainSpec) -> dict:
     model = load_trainable_model(spec.base_model, cfg)
     micro = spec.micro_batch or cfg.batch_size
     accum = cfg.grad_accum * max(1, cfg.batch_size // micro)
-    out = Path(spec.output_dir)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     cuda = torch.cuda.is_available()
     args = SFTConfig(
-        output_dir=str(work / "trainer"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        output_dir=str(work_dir / "trainer"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=micro, gradient_accumulation_steps=accum, learning_rate=cfg.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=0.05, max_length=cfg.max_length, logging_steps=5,
         save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed,
         bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda, dataloader_num_workers=0,
-        activation_checkpointing=cuda, completion_only_loss=True, packing=False, disable_tqdm=os.environ.get("LLAMADUO_PROGRESS", "1" if sys.stderr.isatty() else "0") != "1",
+        activation_checkpointing=cuda, completion_only_loss=True, packing=False,
+        disable_tqdm=os.environ.get("LLAMADUO_PROGRESS", "1" if sys.stderr.isatty() else "0") != "1",
     )
     peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=cfg.target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_cfg)
-    t0 = time.time()
-    result = trainer.train()
-    adapter_tmp = work / "adapter"
-    trainer.model.save_pretrained(adapter_tmp)
-    tok.save_pretrained(adapter_tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(adapter_tmp, out)
-    shutil.rmtree(work, ignore_errors=True)
+    trainer.llamaduo_meta = {"rows": len(rows), "micro_batch": micro, "grad_accum": accum,
+                             "quantized_4bit": _use_4bit(cfg)}
+    return trainer
+
+
+def train_lora(spec: TrainSpec) -> dict:
+    """Fine-tune in this process; returns training stats. Writes the adapter to spec.output_dir."""
+    out = Path(spec.output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        trainer = build_trainer(spec, work)
+        t0 = time.time()
+        result = trainer.train()
+        adapter_tmp = work / "adapter"
+        trainer.model.save_pretrained(adapter_tmp)
+        trainer.processing_class.save_pretrained(adapter_tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(adapter_tmp, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"steps": int(result.global_step), "train_loss": round(float(result.training_loss), 4),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "rows": len(rows), "micro_batch": micro, "grad_accum": accum, "quantized_4bit": _use_4bit(cfg),
-            "seconds": round(time.time() - t0, 2)}
+            **trainer.llamaduo_meta, "seconds": round(time.time() - t0, 2)}
 
 
 # Optimizer steps taken by this process's training runs: the CLI reports them (0 on a cached re-run).

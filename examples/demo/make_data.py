@@ -12,8 +12,7 @@ import json
 import random
 from pathlib import Path
 
-INSTRUCTION = ("Classify this customer support ticket into exactly one queue: billing, shipping, technical, "
-               "account or returns. Answer with the queue name only.\n\nTicket: {ticket}")
+INSTRUCTION = "Route this ticket to billing, shipping, technical, account or returns.\n\n{ticket}"
 
 ISSUES = {
     "billing": ["I was charged twice for order {n}", "my invoice {n} shows the wrong amount",

@@ -1,0 +1,153 @@
+"""A fake OpenAI-compatible chat-completions server for tests and benchmarks (loopback only).
+
+It speaks `POST /v1/chat/completions` and can add latency, enforce an RPM limit with
+429 + Retry-After, and inject 500s, hangs (client timeouts) and malformed JSON. It
+answers synthesis prompts with pairs from a pool and judge prompts with a score it
+computes from the candidate and the reference. Every request is counted per body
+(`answered[body_sha]`), so tests can prove that nothing was paid for twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_BLOCK = r"{label}:\s*```\n?(.*?)\n?```"
+
+
+def _block(prompt: str, label: str) -> str | None:
+    m = re.search(_BLOCK.format(label=re.escape(label)), prompt, re.DOTALL)
+    return m.group(1) if m else None
+
+
+def overlap_score(candidate: str, reference: str) -> int:
+    """Share of reference words found in the candidate, in 1..100 (deliberately simple)."""
+    ref = reference.lower().split()
+    cand = set(candidate.lower().split())
+    if not ref:
+        return 1
+    return max(1, round(100 * sum(w in cand for w in ref) / len(ref)))
+
+
+@dataclass
+class FakeBehaviour:
+    latency_s: float = 0.0
+    rpm: int | None = None
+    retry_after_s: float = 1.0
+    p_500: float = 0.0
+    p_hang: float = 0.0
+    hang_s: float = 5.0
+    p_malformed: float = 0.0
+    seed: int = 0
+    pool: list[dict] = field(default_factory=list)
+    judge: str = "overlap"  # or "fenced" to wrap replies in ```json fences with chatter
+
+
+class FakeOpenAIServer:
+    def __init__(self, behaviour: FakeBehaviour | None = None):
+        self.behaviour = behaviour or FakeBehaviour()
+        self.requests = 0  # every HTTP request, faults included
+        self.answered: Counter = Counter()  # body sha -> 200 replies sent
+        self.statuses: Counter = Counter()
+        self._lock = threading.Lock()
+        self._window: deque = deque()
+        self._rng = random.Random(self.behaviour.seed)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- replies -------------------------------------------------------------------------
+    def reply_text(self, prompt: str) -> str:
+        reference = _block(prompt, "Human Response")
+        candidate = _block(prompt, "Language Model Response")
+        if reference is not None and candidate is not None:
+            s = overlap_score(candidate, reference)
+            body = json.dumps({"similarity_assessment": {"score": s, "reason": "word overlap"},
+                               "precision_assessment": {"score": s, "reason": "word overlap"}})
+            return f"Here is my assessment:\n```json\n{body}\n```\nHope this helps." if self.behaviour.judge == "fenced" else body
+        m = re.search(r"generate (\d+) more pairs", prompt)
+        n = int(m.group(1)) if m else 3
+        rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
+        picks = rng.sample(self.behaviour.pool, min(n, len(self.behaviour.pool)))
+        return json.dumps({"contents": [{"instruction": p["instruction"], "response": p["response"]} for p in picks]})
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status: int, payload: dict | str, headers: dict | None = None):
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                b = server.behaviour
+                with server._lock:
+                    server.requests += 1
+                    now = time.monotonic()
+                    while server._window and now - server._window[0] > 60:
+                        server._window.popleft()
+                    limited = b.rpm is not None and len(server._window) >= b.rpm
+                    if not limited:
+                        server._window.append(now)
+                    roll = server._rng.random()
+                if limited:
+                    server.statuses[429] += 1
+                    return self._send(429, {"error": {"message": "rate limit", "type": "rate_limit"}},
+                                      {"Retry-After": str(b.retry_after_s)})
+                if b.latency_s:
+                    time.sleep(b.latency_s)
+                if roll < b.p_500:
+                    server.statuses[500] += 1
+                    return self._send(500, {"error": {"message": "injected fault", "type": "server_error"}})
+                if roll < b.p_500 + b.p_hang:
+                    server.statuses["hang"] += 1
+                    time.sleep(b.hang_s)
+                    return
+                body = json.loads(raw)
+                prompt = "\n".join(m.get("content") or "" for m in body["messages"])
+                text = server.reply_text(prompt)
+                if roll < b.p_500 + b.p_hang + b.p_malformed:
+                    server.statuses["malformed"] += 1
+                    text = text[: len(text) // 3]  # truncated JSON
+                with server._lock:
+                    server.answered[hashlib.sha256(raw).hexdigest()] += 1
+                    server.statuses[200] += 1
+                self._send(200, {
+                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                    "model": body.get("model", "fake"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
+                              "total_tokens": (len(prompt) + len(text)) // 4},
+                })
+
+        return Handler

@@ -1,0 +1,52 @@
+from llamaduo.curate import DROP_DUPLICATE, DROP_INVALID, DROP_TEST_OVERLAP, contamination_ngrams, curate, drop_counts
+
+TASK = "Classify this customer support ticket into exactly one queue: billing or shipping. Ticket:"
+TEST = [{"instruction": f"{TASK} My parcel has not moved for a week and the tracking page is empty.",
+         "response": "shipping"},
+        {"instruction": "Summarise the plot of the novel in two sentences please",
+         "response": "A young sailor is lost at sea and finds his way home through many trials."}]
+TRAIN = [{"instruction": f"{TASK} I was charged twice for my order last night.", "response": "billing"}]
+
+
+def row(i, r):
+    return {"instruction": i, "response": r}
+
+
+def test_clean_rows_are_kept():
+    cands = [row(f"{TASK} The discount code was not applied to my payment today.", "billing"),
+             row(f"{TASK} The courier left my package at the wrong address yesterday.", "shipping")]
+    kept, dropped = curate(cands, TRAIN, TEST)
+    assert len(kept) == 2 and not dropped, "task boilerplate shared with test items is not contamination"
+
+
+def test_invalid_and_empty():
+    kept, dropped = curate([{"invalid": "missing response"}, row("  ", "x"), row("Q", "")], TRAIN, TEST)
+    assert not kept and drop_counts(dropped) == {DROP_INVALID: 3}
+
+
+def test_exact_duplicates_against_existing_and_within_batch():
+    dup_existing = row(TRAIN[0]["instruction"].upper() + "  ", "billing")
+    new = row(f"{TASK} My invoice shows the wrong amount for March.", "billing")
+    kept, dropped = curate([dup_existing, new, dict(new)], TRAIN, TEST)
+    assert kept == [new] and drop_counts(dropped) == {DROP_DUPLICATE: 2}
+
+
+def test_test_overlap_exact_and_ngram():
+    copies = [
+        row(TEST[0]["instruction"], "shipping"),  # exact copy
+        row("  " + TEST[0]["instruction"].lower().replace(" ", "   ") + " ", "shipping"),  # re-cased, spaced
+        row("Tell me: my parcel has not moved for a week and the tracking page is empty!", "shipping"),  # 8-gram
+        row("Write a story", TEST[1]["response"]),  # response copy
+    ]
+    kept, dropped = curate(copies, TRAIN, TEST)
+    assert not kept and drop_counts(dropped) == {DROP_TEST_OVERLAP: 4}
+
+
+def test_short_label_responses_are_not_contamination():
+    kept, _ = curate([row(f"{TASK} Where is my box, it was due on Monday.", "shipping")], TRAIN, TEST)
+    assert len(kept) == 1
+
+
+def test_contamination_ngrams_exclude_boilerplate():
+    grams = contamination_ngrams([TEST[0]["instruction"]], [TRAIN[0]["instruction"]], 8)
+    assert grams and all("classify" not in g for g in grams)

@@ -1,0 +1,104 @@
+"""The service layer against a real HTTP server (the fake OpenAI-compatible one), through litellm."""
+
+import json
+import time
+
+import pytest
+
+from llamaduo.config import BudgetConfig, ServiceConfig
+from llamaduo.errors import InputError
+from llamaduo.parsing import parse_judge_reply, parse_synth_reply
+from llamaduo.service import Request, ServiceClient, ServiceStats, budget_left
+from llamaduo.templates import judge_template
+from tests.fake_service import FakeBehaviour, FakeOpenAIServer
+
+SECRET = "sk-test-secret-1234567890"
+
+
+def judge_requests(n):
+    t = judge_template(None)
+    return [Request([{"role": "user", "content": t.render(instruction=f"Q{i}", reference="the cat sat",
+                                                          candidate="the cat" if i % 2 else "a dog")}])
+            for i in range(n)]
+
+
+def client(server, tmp_path, monkeypatch, **kw):
+    monkeypatch.setenv("FAKE_KEY", SECRET)
+    cfg = ServiceConfig(model="openai/fake-teacher", api_base=server.url, api_key_env="FAKE_KEY",
+                        **{"max_retries": 3, "timeout_s": 5, "rpm": 6000, "max_concurrency": 8, **kw})
+    return ServiceClient(cfg, tmp_path / "cache", progress=False)
+
+
+def test_calls_parse_and_cache_so_rerun_costs_nothing(tmp_path, monkeypatch):
+    with FakeOpenAIServer() as server:
+        c1 = client(server, tmp_path, monkeypatch)
+        res = c1.run(judge_requests(6), parse_judge_reply)
+        assert all(r.ok for r in res) and res[1].value == {"similarity": 67, "precision": 67}
+        assert c1.stats.calls == 6 and c1.stats.cached == 0 and c1.stats.prompt_tokens > 0
+        assert server.requests == 6
+        c2 = client(server, tmp_path, monkeypatch)
+        res2 = c2.run(judge_requests(6), parse_judge_reply)
+        assert [r.value for r in res2] == [r.value for r in res]
+        assert server.requests == 6 and c2.stats.calls == 0 and c2.stats.cached == 6
+
+
+def test_secret_never_written_to_cache(tmp_path, monkeypatch):
+    with FakeOpenAIServer() as server:
+        client(server, tmp_path, monkeypatch).run(judge_requests(2), parse_judge_reply)
+    for f in (tmp_path / "cache").rglob("*.json"):
+        assert SECRET not in f.read_text()
+
+
+def test_faults_end_as_produced_or_counted_failed(tmp_path, monkeypatch):
+    behaviour = FakeBehaviour(p_500=0.2, p_malformed=0.1, seed=3)
+    with FakeOpenAIServer(behaviour) as server:
+        c = client(server, tmp_path, monkeypatch, max_retries=1, max_parse_retries=1)
+        res = c.run(judge_requests(40), parse_judge_reply)
+    ok = sum(r.ok for r in res)
+    failed_call = sum(r.kind == "call" for r in res)
+    failed_parse = sum(r.kind == "parse" for r in res)
+    assert ok + failed_call + failed_parse == 40
+    assert c.stats.failed == failed_call and c.stats.retries > 0 and server.statuses[500] > 0
+    assert ok > 20
+
+
+def test_rate_limit_429_retry_after_is_honoured(tmp_path, monkeypatch):
+    with FakeOpenAIServer(FakeBehaviour(rpm=3, retry_after_s=0.3)) as server:
+        # the fake's window is 60 s, so the 4th request can only succeed if ours retries; shrink it
+        server._window.clear()
+        c = client(server, tmp_path, monkeypatch, max_retries=2, max_concurrency=1)
+        t0 = time.time()
+        res = c.run(judge_requests(4), parse_judge_reply)
+    assert sum(r.ok for r in res) == 3 and res[3].kind == "call"
+    assert server.statuses[429] == 3 and c.stats.retries == 2
+    assert time.time() - t0 >= 0.6, "waited at least Retry-After between attempts"
+
+
+def test_budget_caps_calls(tmp_path, monkeypatch):
+    with FakeOpenAIServer() as server:
+        c = client(server, tmp_path, monkeypatch, max_concurrency=1)
+        c.budget = BudgetConfig(max_calls=5, max_usd=1)
+        res = c.run(judge_requests(8), parse_judge_reply)
+    assert server.requests == 5 and c.budget_hit and sum(r.kind == "budget" for r in res) == 3
+
+
+def test_budget_left_pure():
+    assert budget_left({"calls": 4}, BudgetConfig(max_calls=5, max_usd=1))
+    assert not budget_left({"calls": 5}, BudgetConfig(max_calls=5, max_usd=1))
+    assert not budget_left(ServiceStats(cost_usd=1.0), BudgetConfig(max_calls=5, max_usd=1))
+    assert not budget_left({"cost_usd": 0.01}, BudgetConfig(max_calls=5, max_usd=0))
+
+
+def test_missing_key_env_is_input_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    with pytest.raises(InputError, match="NOPE_KEY"):
+        ServiceClient(ServiceConfig(model="openai/x", api_key_env="NOPE_KEY"), tmp_path)
+
+
+def test_synthesis_reply_through_http(tmp_path, monkeypatch):
+    pool = [{"instruction": f"I{i}", "response": f"R{i}"} for i in range(10)]
+    with FakeOpenAIServer(FakeBehaviour(pool=pool)) as server:
+        res = client(server, tmp_path, monkeypatch).run(
+            [Request([{"role": "user", "content": 'Please generate 3 more pairs as {"contents": []}'}])],
+            parse_synth_reply)
+    assert res[0].ok and len(res[0].value) == 3

@@ -1,0 +1,55 @@
+"""Behaviour of real TRL + PEFT training on a tiny randomly initialised model."""
+
+import json
+
+import pytest
+import torch
+
+from llamaduo.store import atomic_write_jsonl
+from llamaduo.train import TrainSpec, build_trainer, run_training
+
+ROWS = [{"id": str(i), "instruction": f"Classify ticket {i}: my card was charged twice", "response": "billing"}
+        for i in range(12)]
+
+
+@pytest.fixture
+def spec(tmp_path, tiny_model_dir):
+    data = atomic_write_jsonl(tmp_path / "train.jsonl", ROWS)
+    return TrainSpec(base_model=str(tiny_model_dir), data_path=str(data), output_dir=str(tmp_path / "adapter"),
+                     train={"epochs": 1, "batch_size": 4, "max_length": 96, "learning_rate": 5e-3, "lora_r": 4,
+                            "lora_alpha": 8, "quantization": "none"})
+
+
+def test_lora_weights_move_and_base_weights_stay_frozen(spec, tmp_path):
+    trainer = build_trainer(spec, tmp_path / "work")
+    named = dict(trainer.model.named_parameters())
+    lora = {n: p.detach().clone() for n, p in named.items() if "lora_" in n}
+    base = {n: p.detach().clone() for n, p in named.items() if "lora_" not in n}
+    assert lora and base
+    assert all(not named[n].requires_grad for n in base), "base weights must be frozen"
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(lora[n], after[n]) for n in lora if "lora_B" in n), "LoRA weights must move"
+    assert all(torch.equal(base[n], after[n]) for n in base), "base weights must not change"
+
+
+def test_loss_only_on_completion_tokens(spec, tmp_path):
+    trainer = build_trainer(spec, tmp_path / "work")
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    labels = batch["labels"][0]
+    tok = trainer.processing_class
+    target = tok.decode(labels[labels != -100])
+    assert "billing" in target and "Classify" not in target
+
+
+def test_subprocess_training_writes_adapter_atomically(spec, tmp_path):
+    stats = run_training(spec, subprocess_mode=True)
+    assert stats["steps"] == 3 and stats["rows"] == 12
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".adapter.")], "no temp dirs left behind"
+
+
+def test_oom_retry_halves_micro_batch_keeps_effective_batch(spec, tmp_path):
+    spec.micro_batch = 2
+    trainer = build_trainer(spec, tmp_path / "work")
+    assert trainer.args.per_device_train_batch_size == 2 and trainer.args.gradient_accumulation_steps == 2
