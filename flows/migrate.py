@@ -81,3 +81,15 @@ def migrate(config: RunConfig, workdir: str) -> dict:
              len([r for r in state.rounds if r["round"] >= 1]))
     return {"summary_path": str(rd.summary), "passed": passed, "stop_reason": state.stop_reason,
             "final_model_dir": final_dir}
+
+
+@flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", persist_result=True, log_prints=True)
+def migrate_config_file(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None,
+                        workdir: str | None = None) -> dict:
+    """Deployment entry point: a config file (relative to the project) plus `dotted.key=value` overrides."""
+    from pathlib import Path
+
+    from llamaduo.config import load_config
+
+    cfg = load_config(config_path, overrides or [])
+    return migrate(cfg, workdir or str(Path("runs") / cfg.name))

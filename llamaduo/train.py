@@ -47,6 +47,10 @@ def load_trainable_model(base_model: str, cfg: TrainConfig):
     import torch
     from transformers import AutoModelForCausalLM
 
+    fraction = os.environ.get("LLAMADUO_CUDA_MEMORY_FRACTION")  # share a GPU: cap this process's memory
+    if fraction and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(float(fraction))
+
     if _use_4bit(cfg):
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -59,6 +63,12 @@ def load_trainable_model(base_model: str, cfg: TrainConfig):
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def _checkpointing_kwarg(config_cls, enabled: bool) -> dict:
+    """transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing."""
+    fields = getattr(config_cls, "__dataclass_fields__", {})
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": enabled}
 
 
 def build_trainer(spec: TrainSpec, work_dir: Path):
@@ -87,7 +97,7 @@ def build_trainer(spec: TrainSpec, work_dir: Path):
         lr_scheduler_type="cosine", warmup_steps=0.05, max_length=cfg.max_length, logging_steps=5,
         save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed,
         bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda, dataloader_num_workers=0,
-        activation_checkpointing=cuda, completion_only_loss=True, packing=False,
+        completion_only_loss=True, packing=False, **_checkpointing_kwarg(SFTConfig, cuda),
         disable_tqdm=os.environ.get("LLAMADUO_PROGRESS", "1" if sys.stderr.isatty() else "0") != "1",
     )
     peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -156,8 +166,24 @@ def _run_training(spec: TrainSpec, subprocess_mode: bool) -> dict:
     return read_json(result_path)
 
 
+def _exit_with_parent() -> None:
+    """A killed or crashed parent must not leave a training process holding the CPU/GPU."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(2)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
+    _exit_with_parent()
     spec = TrainSpec(**json.loads(Path(argv[0]).read_text()))
     stats = train_lora(spec)
     atomic_write_json(argv[1], stats)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 
 from prefect import task
+from prefect.runtime import task_run
+
+from llamaduo.gpu import micro_batch_for_attempt
 
 from llamaduo.config import RunConfig
 from llamaduo.errors import BudgetExhausted
@@ -16,16 +19,19 @@ from llamaduo.store import atomic_write_jsonl, read_jsonl
 from llamaduo.templates import judge_template
 
 from ._policy import STAGE_OPTIONS, artifact
+from .train import retry_on_gpu_error
 
 
-@task(name="infer", **STAGE_OPTIONS, tags=["gpu"])
+@task(name="infer", **STAGE_OPTIONS, tags=["gpu"], retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_on_gpu_error)
 def infer(infer_cfg: dict, base_model: str, base_model_id: str, adapter: dict | None, test: dict,
           system_prompt: str | None, out_path: str) -> dict:
     t0 = time.time()
     items = read_jsonl(test["path"])
     answers, stats = generate_answers(base_model, adapter["path"] if adapter else None, items,
                                       system_prompt=system_prompt, max_new_tokens=infer_cfg["max_new_tokens"],
-                                      batch_size=infer_cfg["batch_size"])
+                                      batch_size=micro_batch_for_attempt(infer_cfg["batch_size"],
+                                                                         task_run.run_count or 1))
     atomic_write_jsonl(out_path, [{"id": it["id"], "answer": a} for it, a in zip(items, answers)])
     return {"answers": artifact(out_path), "stats": stats, "seconds": round(time.time() - t0, 3)}
 
