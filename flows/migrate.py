@@ -15,6 +15,7 @@ from llamaduo.service import ServiceStats
 from llamaduo.standin import LABEL as STANDIN_LABEL
 from llamaduo.store import RunDir
 from llamaduo.summary import write_summary
+from tasks._policy import stage
 from tasks.data import data_inputs_sha, prepare_data
 from tasks.evaluate import evaluate, infer
 from tasks.export import export
@@ -25,10 +26,10 @@ from .state import LoopState, record_round, summary_for
 
 def _baseline(cfg: RunConfig, rd: RunDir, base_model: str, data: dict, state: LoopState) -> None:
     """Round 0: the base student, judged the same way on the same test items."""
-    inf = infer(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model,
+    inf = stage(infer, rd.round(0) / "answers.jsonl")(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model,
                                                   None, data["test"], cfg.student.system_prompt,
                                                   str(rd.round(0) / "answers.jsonl"))
-    ev = evaluate(cfg.model_dump(mode="json"), data["test"], inf["answers"], 0,
+    ev = stage(evaluate, rd.round(0) / "judged.jsonl")(cfg.model_dump(mode="json"), data["test"], inf["answers"], 0,
                                                     state.spent, str(rd.service_cache),
                                                     str(rd.round(0) / "judged.jsonl"))
     state.spent = ServiceStats().add(state.spent).add(ev["service"]).to_dict()
@@ -49,7 +50,7 @@ def migrate(config: RunConfig, workdir: str) -> dict:
     if cfg.service.model == STANDIN_MODEL:
         log.warning("service LLM: %s — a demo stand-in, not a real teacher", STANDIN_LABEL)
     base_model = resolve_student(cfg.student.model)
-    data = prepare_data(cfg.data.model_dump(mode="json"),
+    data = stage(prepare_data, rd.data / "test.jsonl")(cfg.data.model_dump(mode="json"),
                                                           data_inputs_sha(cfg.data.path, cfg.data.test_path),
                                                           str(rd.data))
     log.info("coverage data: %d train rows, %d test rows", data["train_rows"], data["test_rows"])
@@ -69,7 +70,7 @@ def migrate(config: RunConfig, workdir: str) -> dict:
         summary = summary_for(state, cfg, passed=passed, final_model_dir=str(rd.export))
         card = model_card(cfg.name, summary, best, cfg.student.model, cfg.service.model,
                           STANDIN_LABEL if cfg.service.model == STANDIN_MODEL else "service LLM")
-        export(base_model, cfg.student.model, best["adapter"], card,
+        stage(export, rd.export)(base_model, cfg.student.model, best["adapter"], card,
                                                  str(rd.export))
         final_dir = str(rd.export)
     summary = summary_for(state, cfg, passed=passed, final_model_dir=final_dir)

@@ -17,6 +17,7 @@ from llamaduo.errors import BudgetExhausted
 from llamaduo.gate import STOP_BUDGET, decide, stop_reason
 from llamaduo.service import ServiceStats, budget_left
 from llamaduo.store import RunDir
+from tasks._policy import stage
 from tasks.evaluate import evaluate, infer
 from tasks.synth import build_training_set, curate_candidates, synthesize
 from tasks.train import finetune
@@ -33,15 +34,17 @@ def _synthesize_round(cfg: RunConfig, rd: RunDir, data: dict, round_no: int, sta
     need = cfg.synth.rows_per_round
     for wave in range(cfg.synth.max_waves):
         n_requests = math.ceil(need / cfg.synth.pairs_per_request)
-        s = synthesize(cfg.model_dump(mode="json"), data["train"], round_no, wave, n_requests, state.seed_offset,
+        cand_path = str(rdir / f"candidates_w{wave}.jsonl")
+        s = stage(synthesize, cand_path)(cfg.model_dump(mode="json"), data["train"], round_no, wave, n_requests, state.seed_offset,
                     ServiceStats().add(state.spent).add(service).to_dict(), str(rd.service_cache),
-                    str(rdir / f"candidates_w{wave}.jsonl"))
+                    cand_path)
         state.seed_offset += n_requests
         service.add(s["service"])
         durations["synthesize"] += s["seconds"]
         dropped.update({"service_failed": len(s["failures"])} if s["failures"] else {})
-        c = curate_candidates(s["candidates"], state.train_parts + kept_parts, data["test"], 8, need,
-                     str(rdir / f"curated_w{wave}.jsonl"))
+        curated_path = str(rdir / f"curated_w{wave}.jsonl")
+        c = stage(curate_candidates, curated_path)(s["candidates"], state.train_parts + kept_parts, data["test"], 8,
+                                                   need, curated_path)
         durations["curate"] += c["seconds"]
         dropped.update(c["dropped"])
         kept_parts.append(c["kept"])
@@ -62,17 +65,17 @@ def migration_round(cfg: RunConfig, workdir: str, base_model: str, data: dict, r
              state.train_rows, cfg.synth.rows_per_round)
     try:
         kept_parts, dropped = _synthesize_round(cfg, rd, data, round_no, state, service, durations)
-        ts = build_training_set(state.train_parts + kept_parts,
-                                                                  str(rdir / "train.jsonl"))
-        ft = finetune(cfg.train.model_dump(mode="json"), base_model,
+        ts = stage(build_training_set, rdir / "train.jsonl")(state.train_parts + kept_parts,
+                                                             str(rdir / "train.jsonl"))
+        ft = stage(finetune, rdir / "adapter")(cfg.train.model_dump(mode="json"), base_model,
                                                         cfg.student.model, ts["train"], cfg.student.system_prompt,
                                                         str(rdir / "adapter"))
         durations["finetune"] += ft["seconds"]
-        inf = infer(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model,
+        inf = stage(infer, rdir / "answers.jsonl")(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model,
                                                       ft["adapter"], data["test"], cfg.student.system_prompt,
                                                       str(rdir / "answers.jsonl"))
         durations["infer"] += inf["seconds"]
-        ev = evaluate(cfg.model_dump(mode="json"), data["test"], inf["answers"],
+        ev = stage(evaluate, rdir / "judged.jsonl")(cfg.model_dump(mode="json"), data["test"], inf["answers"],
                                                         round_no, ServiceStats().add(state.spent).add(service).to_dict(),
                                                         str(rd.service_cache), str(rdir / "judged.jsonl"))
         service.add(ev["service"])

@@ -8,7 +8,6 @@ small values (paths, hashes, stats), never datasets or models.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 from llamaduo import CODE_VERSION
@@ -16,12 +15,13 @@ from llamaduo.store import sha256_json
 
 
 def stage_cache_key(context, parameters: dict) -> str:
-    key = sha256_json({"task": context.task.name, "params": parameters, "code": CODE_VERSION})
-    out = parameters.get("out_dir") or parameters.get("out_path")
-    if out and not Path(out).exists():
-        # The artifact a cached result points at is gone: run again rather than return a dangling path.
-        return f"{key}-rebuild-{uuid.uuid4().hex}"
-    return key
+    return sha256_json({"task": context.task.name, "params": parameters, "code": CODE_VERSION})
+
+
+def stage(task, out: str | Path):
+    """The task as the flow should call it: when its output artifact is gone (deleted run
+    files), refresh the cache instead of returning a result that points at nothing."""
+    return task if Path(out).exists() else task.with_options(refresh_cache=True)
 
 
 def artifact(path: str | Path) -> dict:

@@ -91,7 +91,7 @@ def test_loop_fails_then_passes_and_rerun_is_free(e2e_setup):
         second = run_cli(["run", str(tmp_path / "run.yaml"), "--workdir", str(workdir)], env)
         assert second.returncode == 0, second.stderr[-5000:]
         assert server.requests == requests_after_first, "a re-run makes no HTTP request"
-        assert "this invocation: 0 service calls, 0 training steps" in second.stdout
+        assert "this invocation: 0 service calls, 0 training steps" in second.stdout, second.stdout[-1500:]
         assert json.loads((workdir / "summary.json").read_text()) == summary
         assert "Cached" in second.stdout + second.stderr
 
