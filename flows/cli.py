@@ -7,7 +7,6 @@ data (the message names file, line/row and field), 1 any other failure.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -45,23 +44,27 @@ def check(cfg) -> dict:
         from llamaduo.data import load_examples
 
         load_examples(cfg.service.standin_pool)
-    return {"train": len(train), "test": len(test)}
+    return {"train": train, "test": test}
 
 
-def plan(cfg, counts: dict) -> str:
-    synth_calls = math.ceil(cfg.synth.rows_per_round / cfg.synth.pairs_per_request)
-    judge_calls = counts["test"] * cfg.judge.repeats
-    per_round = synth_calls + judge_calls
-    lines = [
+def plan(cfg, data: dict) -> str:
+    from llamaduo.estimate import round_estimate
+
+    est = round_estimate(cfg, data["train"], data["test"])
+    rounds = cfg.gate.max_rounds
+    cost = "unknown price (0 for local models)" if est["cost_usd"] is None else f"~${est['cost_usd']:.4f}"
+    total = "" if est["cost_usd"] is None else f", ~${est['cost_usd'] * rounds:.4f}"
+    return "\n".join([
         f"run '{cfg.name}': student {cfg.student.model}, service {cfg.service.model}, judge {cfg.judge_model}",
-        f"data: {counts['train']} train rows, {counts['test']} test rows",
-        f"per round: ~{synth_calls} synthesis calls (up to {synth_calls * cfg.synth.max_waves} if curation drops "
-        f"rows) + {judge_calls} judge calls = ~{per_round} calls; {cfg.gate.max_rounds} rounds max "
-        f"(~{per_round * cfg.gate.max_rounds} calls{' + baseline' if cfg.gate.baseline else ''})",
-        f"gate: {cfg.gate.metric} >= {cfg.gate.threshold}; budget: {cfg.budget.max_calls} calls, "
+        f"data: {len(data['train'])} train rows, {len(data['test'])} test rows",
+        f"per round: ~{est['synth_calls']} synthesis calls (up to {est['synth_calls'] * cfg.synth.max_waves} if "
+        f"curation drops rows) + {est['judge_calls']} judge calls = ~{est['calls']} calls, "
+        f"~{est['prompt_tokens']} prompt + ~{est['completion_tokens']} completion tokens, {cost}",
+        f"up to {rounds} rounds: ~{est['calls'] * rounds} calls{total}"
+        f"{' (+ a baseline evaluation)' if cfg.gate.baseline else ''}",
+        f"gate: {cfg.gate.metric} >= {cfg.gate.threshold}; budget caps: {cfg.budget.max_calls} calls, "
         f"${cfg.budget.max_usd:g}",
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def _prefect_env(workdir: Path) -> None:
@@ -84,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        counts = check(cfg)
+        data = check(cfg)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    print(plan(cfg, counts))
+    print(plan(cfg, data))
     if args.command == "validate":
         print("config and data are valid")
         return EXIT_PASSED

@@ -10,6 +10,7 @@ from llamaduo.config import STANDIN_MODEL, RunConfig
 from llamaduo.errors import BudgetExhausted
 from llamaduo.export import model_card
 from llamaduo.gate import STOP_BUDGET, STOP_PASSED, best_round, decide
+from llamaduo.judge import parity
 from llamaduo.models import resolve_student
 from llamaduo.service import ServiceStats
 from llamaduo.standin import LABEL as STANDIN_LABEL
@@ -17,28 +18,45 @@ from llamaduo.store import RunDir
 from llamaduo.summary import write_summary
 from tasks._policy import stage
 from tasks.data import data_inputs_sha, prepare_data
-from tasks.evaluate import evaluate, infer
+from tasks.evaluate import evaluate, infer, service_answers
 from tasks.export import export
 
 from .round import migration_round
 from .state import LoopState, record_round, summary_for
 
 
-def _baseline(cfg: RunConfig, rd: RunDir, base_model: str, data: dict, state: LoopState) -> None:
-    """Round 0: the base student, judged the same way on the same test items."""
-    inf = stage(infer, rd.round(0) / "answers.jsonl")(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model,
-                                                  None, data["test"], cfg.student.system_prompt,
-                                                  str(rd.round(0) / "answers.jsonl"))
-    ev = stage(evaluate, rd.round(0) / "judged.jsonl")(cfg.model_dump(mode="json"), data["test"], inf["answers"], 0,
-                                                    state.spent, str(rd.service_cache),
-                                                    str(rd.round(0) / "judged.jsonl"))
+def _evaluate_answers(cfg: RunConfig, rd: RunDir, data: dict, answers: dict, label: int, state: LoopState,
+                      out: str) -> dict:
+    ev = stage(evaluate, out)(cfg.model_dump(mode="json"), data["test"], answers, label, state.spent,
+                              str(rd.service_cache), out)
     state.spent = ServiceStats().add(state.spent).add(ev["service"]).to_dict()
-    decision = decide(ev["metrics"], cfg.gate)
+    return ev
+
+
+def _service_baseline(cfg: RunConfig, rd: RunDir, data: dict, state: LoopState) -> None:
+    """The service LLM's own answers, judged the same way: the ceiling for parity."""
+    out = rd.root / "baselines" / "service"
+    sa = stage(service_answers, out / "answers.jsonl")(cfg.model_dump(mode="json"), data["test"], state.spent,
+                                                        str(rd.service_cache), str(out / "answers.jsonl"))
+    state.spent = ServiceStats().add(state.spent).add(sa["service"]).to_dict()
+    ev = _evaluate_answers(cfg, rd, data, sa["answers"], -1, state, str(out / "judged.jsonl"))
+    state.baselines["service LLM"] = ev["metrics"]
+
+
+def _base_student(cfg: RunConfig, rd: RunDir, base_model: str, data: dict, state: LoopState) -> None:
+    """Round 0: the base student, judged the same way on the same test items."""
+    inf = stage(infer, rd.round(0) / "answers.jsonl")(cfg.infer.model_dump(mode="json"), base_model,
+                                                       cfg.student.model, None, data["test"],
+                                                       cfg.student.system_prompt, str(rd.round(0) / "answers.jsonl"))
+    ev = _evaluate_answers(cfg, rd, data, inf["answers"], 0, state, str(rd.round(0) / "judged.jsonl"))
+    service_metrics = state.baselines.get("service LLM")
+    decision = decide(ev["metrics"], cfg.gate, ev["items"], service_metrics)
+    state.baselines["base student"] = ev["metrics"]
     record_round(state, cfg, rd, {
         "round": 0, "train_rows": 0, "synthetic_rows_added": 0, "dropped": {}, "metrics": ev["metrics"],
-        "gate": decision.to_summary(), "service": ev["service"],
-        "durations_s": {"infer": inf["seconds"], "evaluate": ev["seconds"]}, "gate_reason": decision.reason,
-        "judged_path": ev["judged"]["path"]})
+        "gate": decision.to_summary(), "parity": parity(ev["metrics"], service_metrics) if service_metrics else {},
+        "service": ev["service"], "durations_s": {"infer": inf["seconds"], "evaluate": ev["seconds"]},
+        "gate_reason": decision.reason, "judged_path": ev["judged"]["path"]}, ev["judged"])
 
 
 @flow(name="llamaduo-migrate", flow_run_name="migrate-{config.name}", persist_result=True, log_prints=True)
@@ -56,8 +74,10 @@ def migrate(config: RunConfig, workdir: str) -> dict:
     log.info("coverage data: %d train rows, %d test rows", data["train_rows"], data["test_rows"])
     state = LoopState(train_parts=[data["train"]], train_rows=data["train_rows"])
     try:
+        if cfg.judge.service_baseline:
+            _service_baseline(cfg, rd, data, state)
         if cfg.gate.baseline:
-            _baseline(cfg, rd, base_model, data, state)
+            _base_student(cfg, rd, base_model, data, state)
     except BudgetExhausted:
         state.stop_reason = STOP_BUDGET
     if state.stop_reason is None:

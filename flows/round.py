@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from llamaduo.config import RunConfig
 from llamaduo.errors import BudgetExhausted
 from llamaduo.gate import STOP_BUDGET, decide, stop_reason
+from llamaduo.judge import parity
 from llamaduo.service import ServiceStats, budget_left
 from llamaduo.store import RunDir
 from tasks._policy import stage
@@ -85,19 +86,24 @@ def migration_round(cfg: RunConfig, workdir: str, base_model: str, data: dict, r
         state.spent = ServiceStats().add(state.spent).add(service).to_dict()
         state.stop_reason = STOP_BUDGET
         return state
-    decision = decide(ev["metrics"], cfg.gate)
+    service_metrics = state.baselines.get("service LLM")
+    decision = decide(ev["metrics"], cfg.gate, ev["items"], service_metrics)
     state.train_parts = state.train_parts + kept_parts
     state.spent = ServiceStats().add(state.spent).add(service).to_dict()
     record_round(state, cfg, rd, {
         "round": round_no, "train_rows": ts["rows"], "synthetic_rows_added": ts["rows"] - state.train_rows,
         "dropped": dict(dropped), "metrics": ev["metrics"], "gate": decision.to_summary(),
+        "parity": parity(ev["metrics"], service_metrics) if service_metrics else {},
         "service": service.to_dict(), "durations_s": {k: round(v, 2) for k, v in durations.items()},
         "gate_reason": decision.reason, "adapter": ft["adapter"], "train_stats": ft["stats"],
         "infer_stats": inf["stats"], "judged_path": ev["judged"]["path"],
-    })
+    }, ev["judged"])
     state.train_rows = ts["rows"]
     log.info("round %d gate: %s -> %s", round_no, decision.reason, "PASS" if decision.passed else "fail")
-    reason = stop_reason(decision, round_no, cfg.gate.max_rounds, budget_left(state.spent, cfg.budget))
+    history = [r["metrics"].get(cfg.gate.metric) or 0.0 for r in sorted(state.rounds, key=lambda r: r["round"])
+               if r["round"] >= 1]
+    reason = stop_reason(decision, round_no, cfg.gate.max_rounds, budget_left(state.spent, cfg.budget), history,
+                         cfg.gate)
     if reason is not None:
         state.stop_reason = reason
         return state

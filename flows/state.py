@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from llamaduo.config import RunConfig
+from llamaduo.service import ServiceStats
 from llamaduo.store import RunDir
 from llamaduo.summary import build_summary, write_summary
 
@@ -16,14 +17,29 @@ class LoopState(BaseModel):
     seed_offset: int = 0
     spent: dict = Field(default_factory=dict)
     stop_reason: str | None = None
+    baselines: dict[str, dict] = Field(default_factory=dict)  # name -> metrics (base student, service LLM)
 
 
 def summary_for(state: LoopState, cfg: RunConfig, *, passed: bool = False, final_model_dir: str | None = None) -> dict:
     return build_summary(cfg.name, state.rounds, passed=passed, stop_reason=state.stop_reason,
                          final_model_dir=final_model_dir, teacher=cfg.service.model, judge=cfg.judge_model,
-                         student=cfg.student.model)
+                         student=cfg.student.model, baselines=state.baselines,
+                         service_total=ServiceStats().add(state.spent).to_dict())
 
 
-def record_round(state: LoopState, cfg: RunConfig, rd: RunDir, entry: dict) -> None:
+def record_round(state: LoopState, cfg: RunConfig, rd: RunDir, entry: dict, judged: dict) -> None:
+    """Add the round to the summary (rewritten atomically) and publish its report."""
+    from llamaduo.config import STANDIN_MODEL
+    from llamaduo.standin import LABEL
+    from tasks._policy import stage
+    from tasks.report import publish_round_report
+
+    previous = max((r for r in state.rounds if r["round"] < entry["round"]), key=lambda r: r["round"], default=None)
     state.rounds = [r for r in state.rounds if r["round"] != entry["round"]] + [entry]
     write_summary(rd, summary_for(state, cfg))
+    report_path = rd.round(entry["round"]) / "report.md"
+    note = f"Teacher and judge: {LABEL}" if STANDIN_MODEL in (cfg.service.model, cfg.judge_model) else ""
+    stage(publish_round_report, report_path)(
+        entry, previous, sorted(state.rounds, key=lambda r: r["round"]),
+        {k: v for k, v in state.baselines.items() if k != "base student" or entry["round"] != 0},
+        cfg.gate.metric, cfg.gate.threshold, note, judged, str(rd.root / "report" / "metrics.png"), str(report_path))

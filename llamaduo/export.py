@@ -42,6 +42,16 @@ def model_card(name: str, summary: dict, best: dict | None, student: str, teache
         vals = " | ".join(_fmt(r["metrics"].get(m)) for m in _metric_cols(summary))
         lines.append(f"| {r['round']} | {r['train_rows']} | {r['synthetic_rows_added']} | {vals} | "
                      f"{'pass' if r['gate']['passed'] else 'fail'} |")
+    if summary.get("baselines"):
+        lines += ["", "## Baselines (same test items, same judge)", "", "| baseline | " +
+                  " | ".join(_metric_cols(summary)) + " |", "|---" * (1 + len(_metric_cols(summary))) + "|"]
+        for name, m in summary["baselines"].items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in _metric_cols(summary)) + " |")
+    if best and best["gate"].get("criteria"):
+        lines += ["", "## Gate criteria (exported round)", "", "| criterion | value | threshold | ok |",
+                  "|---|---|---|---|"]
+        for c in best["gate"]["criteria"]:
+            lines.append(f"| {c['name']} | {_fmt(c['value'])} | {c['threshold']:g} | {'yes' if c['passed'] else 'no'} |")
     lines += ["", "## Layout", "", "- `merged/`: full model (safetensors) with tokenizer and chat template",
               "- `adapter/`: the LoRA adapter alone", "", "## Lineage", "", "```json",
               json.dumps({"rounds": [{"round": r["round"], "dropped": r["dropped"], "service": r["service"]}
@@ -50,7 +60,7 @@ def model_card(name: str, summary: dict, best: dict | None, student: str, teache
 
 
 def _metric_cols(summary: dict) -> list[str]:
-    cols = ["judge_score", "judge_similarity", "judge_precision", "rougeL"]
+    cols = ["judge_score", "judge_similarity", "judge_precision", "rougeL", "exact_match", "embedding_cosine"]
     return [c for c in cols if any(c in r["metrics"] for r in summary["rounds"])]
 
 

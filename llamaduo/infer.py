@@ -24,7 +24,9 @@ def load_student(base_model: str, adapter_dir: str | None):
 
 
 def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict], *, system_prompt: str | None,
-                     max_new_tokens: int, batch_size: int, progress: bool = True) -> tuple[list[str], dict]:
+                     max_new_tokens: int, batch_size: int, samples: int = 1, temperature: float = 0.4,
+                     progress: bool = True) -> tuple[list[list[str]], dict]:
+    """`samples` answers per item: greedy when 1, sampled at `temperature` otherwise (seeded)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -35,7 +37,9 @@ def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict]
     model = load_student(base_model, adapter_dir)
     prompts = [tok.apply_chat_template(to_chat(Example.from_dict(it), system_prompt)["prompt"], tokenize=False,
                                        add_generation_prompt=True) for it in items]
-    answers: list[str] = []
+    answers: list[list[str]] = []
+    sampling = dict(do_sample=True, temperature=temperature, num_return_sequences=samples) if samples > 1 else \
+        dict(do_sample=False)
     new_tokens = 0
     t0 = time.time()
     torch.manual_seed(0)
@@ -44,11 +48,12 @@ def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict]
         batch = tok(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(model.device)
         with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id, **sampling)
         gen = out[:, batch["input_ids"].shape[1]:]
         new_tokens += int((gen != tok.pad_token_id).sum())
-        answers.extend(t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True))
+        texts = [t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True)]
+        answers.extend(texts[i:i + samples] for i in range(0, len(texts), samples))
     seconds = time.time() - t0
     return answers, {"items": len(items), "new_tokens": new_tokens, "seconds": round(seconds, 2),
                      "tokens_per_s": round(new_tokens / seconds, 1) if seconds else None}

@@ -119,6 +119,35 @@ def _retry_after_s(exc: BaseException) -> float | None:
         return None
 
 
+_LIMITERS: dict[tuple, tuple] = {}
+
+
+def shared_limiters(model: str, cfg: ServiceConfig) -> tuple:
+    """One RPM (and TPM) limiter per model and endpoint in this process, shared by every
+    stage, so synthesis and judging together stay inside the provider's limits."""
+    from aiolimiter import AsyncLimiter
+
+    key = (model, cfg.api_base, cfg.rpm, cfg.tpm)
+    if key not in _LIMITERS:
+        # Paced, not bursty: one request every 60/rpm s never exceeds a sliding-window RPM limit.
+        _LIMITERS[key] = (AsyncLimiter(1, 60 / cfg.rpm), AsyncLimiter(cfg.tpm / 6, 10) if cfg.tpm else None)
+    return _LIMITERS[key]
+
+
+def estimate_cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """From litellm's price map; None when the model has no listed price (local models: free)."""
+    import litellm
+
+    if model.startswith(STANDIN_MODEL.split("/")[0] + "/"):
+        return 0.0
+    litellm.suppress_debug_info = True
+    try:
+        p, c = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return float(p + c)
+    except Exception:  # noqa: BLE001 - unknown model
+        return None
+
+
 class ServiceClient:
     """Calls one model. `run(requests, parse)` returns one Result per request, in order."""
 
@@ -177,7 +206,7 @@ class ServiceClient:
                 async with limiter:
                     if tpm_limiter is not None:
                         est = sum(len(m.get("content") or "") for m in request.messages) // 4 + request.max_tokens
-                        await tpm_limiter.acquire(min(est, self.cfg.tpm))
+                        await tpm_limiter.acquire(min(est, tpm_limiter.max_rate))
                     response = await litellm.acompletion(**kwargs)
         content = response.choices[0].message.content or ""
         usage = getattr(response, "usage", None)
@@ -226,22 +255,24 @@ class ServiceClient:
         return Result(False, error=last_error, kind="parse")
 
     async def arun(self, requests: Sequence[Request], parse: Callable[[str], Any], *, salt: dict | None = None,
-                   desc: str = "service") -> list[Result]:
+                   desc: str = "service", on_progress: Callable[[int, int], None] | None = None) -> list[Result]:
         import litellm
-        from aiolimiter import AsyncLimiter
         from tqdm.auto import tqdm
 
         litellm.suppress_debug_info = True
-
         sem = asyncio.Semaphore(self.cfg.max_concurrency)
-        limiter = AsyncLimiter(self.cfg.rpm, 60)
-        tpm_limiter = AsyncLimiter(self.cfg.tpm, 60) if self.cfg.tpm else None
+        limiter, tpm_limiter = shared_limiters(self.model, self.cfg)
         salt = salt or {}
         bar = tqdm(total=len(requests), desc=desc, unit="call", disable=not self.progress, leave=False)
+        done = 0
 
         async def tracked(r: Request) -> Result:
+            nonlocal done
             res = await self._one(r, parse, salt, sem, limiter, tpm_limiter)
             bar.update(1)
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(requests))
             return res
 
         try:

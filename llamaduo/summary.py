@@ -8,7 +8,8 @@ ROUND_KEYS = ("round", "train_rows", "synthetic_rows_added", "dropped", "metrics
 
 
 def build_summary(name: str, rounds: list[dict], *, passed: bool, stop_reason: str | None,
-                  final_model_dir: str | None, teacher: str, judge: str, student: str) -> dict:
+                  final_model_dir: str | None, teacher: str, judge: str, student: str,
+                  baselines: dict[str, dict] | None = None, service_total: dict | None = None) -> dict:
     return {
         "name": name,
         "passed": passed,
@@ -17,6 +18,8 @@ def build_summary(name: str, rounds: list[dict], *, passed: bool, stop_reason: s
         "teacher": teacher,
         "judge": judge,
         "student": student,
+        "baselines": baselines or {},
+        "service_total": service_total or {},
         "rounds": sorted(rounds, key=lambda r: r["round"]),
     }
 

@@ -16,7 +16,7 @@ from llamaduo.store import atomic_write_jsonl, read_jsonl
 from llamaduo.synth import build_synth_requests, candidate_rows, select_seeds
 from llamaduo.templates import synth_template
 
-from ._policy import STAGE_OPTIONS, artifact
+from ._policy import STAGE_OPTIONS, artifact, failure_records, progress_reporter
 
 
 @task(name="synthesize", **STAGE_OPTIONS, tags=["service"])
@@ -32,7 +32,10 @@ def synthesize(cfg: dict, coverage_train: dict, round_no: int, wave: int, n_requ
     requests = build_synth_requests(seeds, template, n=run.synth.pairs_per_request, topic=run.synth.topic,
                                     temperature=run.service.temperature, max_tokens=run.service.max_tokens,
                                     round_no=round_no, wave=wave)
-    results = client.run(requests, parse_synth_reply, desc=f"round {round_no} synthesize")
+    results = client.run(requests, parse_synth_reply, desc=f"round {round_no} synthesize",
+                         on_progress=progress_reporter(f"round {round_no} synthesis, wave {wave}"))
+    atomic_write_jsonl(out_path.replace(".jsonl", ".failures.jsonl"),
+                       failure_records("synthesize", results, [s.id for s in seeds]))
     rows, failures = candidate_rows(results, seeds, round_no=round_no, generator=run.service.model,
                                     template_sha=template.sha256)
     if client.budget_hit:

@@ -48,6 +48,7 @@ class FakeBehaviour:
     seed: int = 0
     pool: list[dict] = field(default_factory=list)
     judge: str = "overlap"  # or "fenced" to wrap replies in ```json fences with chatter
+    plain_answer: str = "blue"  # reply to anything that is neither a synthesis nor a judge prompt
 
 
 class FakeOpenAIServer:
@@ -85,6 +86,8 @@ class FakeOpenAIServer:
                                "precision_assessment": {"score": s, "reason": "word overlap"}})
             return f"Here is my assessment:\n```json\n{body}\n```\nHope this helps." if self.behaviour.judge == "fenced" else body
         m = re.search(r"generate (\d+) more pairs", prompt)
+        if not m and '"contents"' not in prompt:
+            return self.behaviour.plain_answer
         n = int(m.group(1)) if m else 3
         rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
         picks = rng.sample(self.behaviour.pool, min(n, len(self.behaviour.pool)))
@@ -97,15 +100,19 @@ class FakeOpenAIServer:
             def log_message(self, *args):  # quiet
                 pass
 
-            def _send(self, status: int, payload: dict | str, headers: dict | None = None):
+            def _send(self, status: int, payload: dict | str, headers: dict | None = None) -> bool:
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return True
+                except (BrokenPipeError, ConnectionResetError):  # the client is gone (killed, timed out)
+                    return False
 
             def do_POST(self):  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -138,10 +145,7 @@ class FakeOpenAIServer:
                 if roll < b.p_500 + b.p_hang + b.p_malformed:
                     server.statuses["malformed"] += 1
                     text = text[: len(text) // 3]  # truncated JSON
-                with server._lock:
-                    server.answered[hashlib.sha256(raw).hexdigest()] += 1
-                    server.statuses[200] += 1
-                self._send(200, {
+                delivered = self._send(200, {
                     "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                     "model": body.get("model", "fake"),
                     "choices": [{"index": 0, "finish_reason": "stop",
@@ -149,5 +153,9 @@ class FakeOpenAIServer:
                     "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
                               "total_tokens": (len(prompt) + len(text)) // 4},
                 })
+                if delivered:  # only a reply the client received counts as answered (and paid)
+                    with server._lock:
+                        server.answered[hashlib.sha256(raw).hexdigest()] += 1
+                        server.statuses[200] += 1
 
         return Handler

@@ -35,12 +35,12 @@ def e2e_setup(tmp_path, tiny_model_dir, monkeypatch):
         "service": {"model": "openai/fake-teacher", "api_base": None, "api_key_env": "FAKE_SERVICE_KEY",
                     "rpm": 6000, "max_concurrency": 4, "max_retries": 2, "timeout_s": 10},
         "synth": {"rows_per_round": 16, "pairs_per_request": 4, "max_waves": 3},
-        "judge": {"repeats": 2},
+        "judge": {"repeats": 2, "service_baseline": True},
         "student": {"model": str(tiny_model_dir)},
         "train": {"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "max_length": 96, "lora_r": 8,
                   "lora_alpha": 16, "quantization": "none"},
         "infer": {"max_new_tokens": 4, "batch_size": 4},
-        "gate": {"metric": "judge_score", "threshold": 50, "max_rounds": 3},
+        "gate": {"metric": "judge_score", "threshold": 50, "max_rounds": 3, "baseline": True},
         "budget": {"max_calls": 400, "max_usd": 0},
     }
     return tmp_path, config
@@ -50,6 +50,24 @@ def run_cli(args, env_extra):
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
+
+
+def prefect_artifacts(env: dict) -> dict:
+    """Artifact keys and flow-run names, read back through the Prefect API of the run's database."""
+    code = ("import asyncio, json\n"
+            "from prefect.client.orchestration import get_client\n"
+            "async def main():\n"
+            "    async with get_client() as c:\n"
+            "        arts = await c.read_artifacts()\n"
+            "        runs = await c.read_flow_runs()\n"
+            "        print(json.dumps({'keys': sorted({a.key for a in arts if a.key}), "
+            "'flow_runs': sorted({r.name for r in runs})}))\n"
+            "asyncio.run(main())\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"keys": set(data["keys"]), "flow_runs": set(data["flow_runs"])}
 
 
 def test_loop_fails_then_passes_and_rerun_is_free(e2e_setup):
@@ -65,9 +83,13 @@ def test_loop_fails_then_passes_and_rerun_is_free(e2e_setup):
         summary = json.loads((workdir / "summary.json").read_text())
         requests_after_first = server.requests
 
-        rounds = summary["rounds"]
+        assert summary["rounds"][0]["round"] == 0, "round 0 is the base student"
+        rounds = summary["rounds"][1:]
         assert summary["passed"] is True and summary["stop_reason"] == "passed"
         assert len(rounds) >= 2 and [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
+        assert set(summary["baselines"]) == {"service LLM", "base student"}
+        assert summary["baselines"]["service LLM"]["judge_score"] == 100, "the fake service answers 'blue'"
+        assert rounds[-1]["parity"]["judge_score"] == rounds[-1]["metrics"]["judge_score"] / 100
         assert rounds[0]["gate"]["passed"] is False and rounds[-1]["gate"]["passed"] is True
         assert rounds[-1]["metrics"]["judge_score"] > rounds[0]["metrics"]["judge_score"]
         for r in rounds:
@@ -83,7 +105,15 @@ def test_loop_fails_then_passes_and_rerun_is_free(e2e_setup):
         final = Path(summary["final_model_dir"])
         assert (final / "merged" / "model.safetensors").is_file() and (final / "adapter" / "adapter_config.json").is_file()
         assert "judge_score" in (final / "README.md").read_text()
-        assert requests_after_first == sum(r["service"]["calls"] for r in rounds)
+        assert requests_after_first == summary["service_total"]["calls"] == \
+            sum(r["service"]["calls"] for r in summary["rounds"]) + 4 + 4 * 2, "all calls accounted for"
+        png = workdir / "report" / "metrics.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "# Round 1: fail" in (workdir / "rounds" / "round_01" / "report.md").read_text()
+        artifacts = prefect_artifacts(env)
+        for k in range(0, len(rounds) + 1):
+            assert {f"round-{k}-report", f"round-{k}-items"} <= artifacts["keys"]
+        assert {"round-1", "round-2"} <= artifacts["flow_runs"]
         for f in workdir.rglob("*"):
             if f.is_file() and f.suffix in (".json", ".jsonl", ".md"):
                 assert "sk-e2e-secret" not in f.read_text(errors="ignore"), f

@@ -4,13 +4,13 @@ from llamaduo.gate import STOP_BUDGET, STOP_MAX_ROUNDS, STOP_PASSED, best_round,
 
 def test_pass_at_threshold_inclusive():
     d = decide({"judge_score": 80.0}, GateConfig(metric="judge_score", threshold=80))
-    assert d.passed and d.value == 80.0 and d.to_summary() == {"passed": True, "metric": "judge_score",
+    assert d.passed and d.value == 80.0 and {k: v for k, v in d.to_summary().items() if k != "criteria"} == {"passed": True, "metric": "judge_score",
                                                                "value": 80.0, "threshold": 80}
 
 
 def test_fail_below_and_reason_explains():
     d = decide({"judge_score": 79.9, "rougeL": 0.9}, GateConfig(threshold=80))
-    assert not d.passed and "79.90 < 80" in d.reason
+    assert not d.passed and "79.9 < 80" in d.reason
 
 
 def test_missing_metric_fails_not_crashes():
@@ -36,3 +36,50 @@ def test_best_round_ignores_baseline_and_prefers_earlier_tie():
               {"round": 2, "metrics": {"m": 80}}, {"round": 3, "metrics": {"m": 80}}]
     assert best_round(rounds, "m")["round"] == 2
     assert best_round([{"round": 0, "metrics": {"m": 1}}], "m") is None
+
+
+def test_ci_lower_bound_criterion():
+    items = [40, 100, 60, 100, 80, 100]
+    g = GateConfig(threshold=75, use_ci_lower=True)
+    d = decide({"judge_score": 80}, g, items)
+    assert not d.passed and d.criteria[0].value < 75 and "CI" in d.criteria[0].name
+    assert decide({"judge_score": 80}, GateConfig(threshold=75), items).passed
+
+
+def test_share_criterion_and_combine():
+    items = [90, 90, 40, 95]
+    g_all = GateConfig(threshold=70, min_item_score=80, min_share=0.8)
+    d = decide({"judge_score": 78.75}, g_all, items)
+    assert not d.passed and [c.passed for c in d.criteria] == [True, False] and d.criteria[1].value == 0.75
+    d_any = decide({"judge_score": 78.75}, g_all.model_copy(update={"combine": "any"}), items)
+    assert d_any.passed
+
+
+def test_parity_criterion():
+    g = GateConfig(threshold=10, min_parity=0.9)
+    assert decide({"judge_score": 72}, g, [72], {"judge_score": 82}).passed is False
+    assert decide({"judge_score": 72}, g, [72], {"judge_score": 78}).passed is True
+    missing = decide({"judge_score": 72}, g, [72], None)
+    assert not missing.passed and missing.criteria[1].value is None
+
+
+def test_plateau():
+    from llamaduo.gate import STOP_PLATEAU, plateaued
+
+    assert not plateaued([50, 60], 2, 0.5)
+    assert plateaued([50, 60, 60.2, 59], 2, 0.5)
+    assert not plateaued([50, 60, 61, 59], 2, 0.5)
+    fail = decide({"judge_score": 1}, GateConfig(threshold=50))
+    g = GateConfig(threshold=50, plateau_rounds=1, plateau_margin=1)
+    assert stop_reason(fail, 2, 5, True, [40, 40.5], g) == STOP_PLATEAU
+    assert stop_reason(fail, 2, 5, True, [40, 45], g) is None
+
+
+def test_min_parity_requires_service_baseline():
+    import pytest
+
+    from llamaduo.config import config_from_dict
+    from llamaduo.errors import InputError
+
+    with pytest.raises(InputError, match="service_baseline"):
+        config_from_dict({"data": {"path": "x"}, "service": {"model": "m"}, "gate": {"min_parity": 0.9}})

@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,9 +51,9 @@ def test_secret_never_written_to_cache(tmp_path, monkeypatch):
 
 
 def test_faults_end_as_produced_or_counted_failed(tmp_path, monkeypatch):
-    behaviour = FakeBehaviour(p_500=0.2, p_malformed=0.1, seed=3)
+    behaviour = FakeBehaviour(p_500=0.15, p_hang=0.05, hang_s=1.5, p_malformed=0.1, seed=3)  # 30% faults
     with FakeOpenAIServer(behaviour) as server:
-        c = client(server, tmp_path, monkeypatch, max_retries=1, max_parse_retries=1)
+        c = client(server, tmp_path, monkeypatch, max_retries=1, max_parse_retries=1, timeout_s=1)
         res = c.run(judge_requests(40), parse_judge_reply)
     ok = sum(r.ok for r in res)
     failed_call = sum(r.kind == "call" for r in res)
@@ -102,3 +103,30 @@ def test_synthesis_reply_through_http(tmp_path, monkeypatch):
             [Request([{"role": "user", "content": 'Please generate 3 more pairs as {"contents": []}'}])],
             parse_synth_reply)
     assert res[0].ok and len(res[0].value) == 3
+
+
+def test_kill_9_mid_synthesis_then_rerun_repeats_only_in_flight_requests(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    pool = [{"instruction": f"I{i}", "response": f"R{i}"} for i in range(20)]
+    worker = [sys.executable, "tests/service_worker.py"]
+    with FakeOpenAIServer(FakeBehaviour(latency_s=0.1, pool=pool)) as server:
+        args = [server.url, str(tmp_path / "cache"), "60"]
+        proc = subprocess.Popen(worker + args, cwd=str(Path(__file__).resolve().parents[1]))
+        deadline = time.time() + 60
+        while sum(server.answered.values()) < 12 and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)  # let replies that were in flight at the kill fail to deliver
+        before_kill = dict(server.answered)
+        assert 12 <= len(before_kill) < 60, "killed in the middle"
+        out = subprocess.run(worker + args, cwd=str(Path(__file__).resolve().parents[1]), capture_output=True,
+                             text=True, timeout=120)
+        assert out.stdout.strip() == "ok 60", out.stderr[-2000:]
+    repeated = [b for b, c in server.answered.items() if c > 1]
+    assert len(server.answered) == 60
+    # only requests in flight at the kill (at most max_concurrency=4) may be answered twice
+    assert len(repeated) <= 4 and all(b in before_kill for b in repeated)

@@ -1,0 +1,109 @@
+"""Round reports: markdown (what changed, metrics vs previous round and baselines, the gate
+decision with reasons), a worst-first per-item table, and a metrics-per-round plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .store import atomic_write_bytes
+
+REPORT_METRICS = ["judge_score", "judge_similarity", "judge_precision", "rougeL", "exact_match", "embedding_cosine",
+                  "judge_spread"]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _delta(cur, prev) -> str:
+    if cur is None or prev is None:
+        return ""
+    d = cur - prev
+    return f" ({'+' if d >= 0 else ''}{d:.3g})"
+
+
+def round_markdown(entry: dict, previous: dict | None, baselines: dict[str, dict], *, plot: str | None,
+                   teacher_note: str = "") -> str:
+    m, g = entry["metrics"], entry["gate"]
+    lines = [f"# Round {entry['round']}: {'PASS' if g['passed'] else 'fail'}", ""]
+    if teacher_note:
+        lines += [f"> {teacher_note}", ""]
+    lines += ["## What changed", "",
+              f"- training rows: **{entry['train_rows']}** (+{entry['synthetic_rows_added']} curated synthetic rows)",
+              f"- dropped in curation: {', '.join(f'{k} {v}' for k, v in sorted(entry['dropped'].items())) or 'none'}",
+              f"- service: {entry['service']['calls']} calls ({entry['service']['cached']} cached, "
+              f"{entry['service']['failed']} failed, {entry['service']['retries']} retries), "
+              f"${entry['service']['cost_usd']:.4f}", ""]
+    cols = ["this round"] + (["previous"] if previous else []) + list(baselines)
+    lines += ["## Metrics", "", "| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for k in REPORT_METRICS:
+        if k not in m and not any(k in b for b in baselines.values()):
+            continue
+        row = [_fmt(m.get(k)) + (_delta(m.get(k), previous["metrics"].get(k)) if previous else "")]
+        if previous:
+            row.append(_fmt(previous["metrics"].get(k)))
+        row += [_fmt(b.get(k)) for b in baselines.values()]
+        lines.append(f"| {k} | " + " | ".join(row) + " |")
+    if entry.get("parity"):
+        lines += ["", "Parity (student / service LLM): " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in sorted(entry["parity"].items()))]
+    lines += ["", "## Gate", "", f"**{'passed' if g['passed'] else 'not passed'}** — {entry.get('gate_reason', '')}",
+              "", "| criterion | value | threshold | ok |", "|---|---|---|---|"]
+    for c in g.get("criteria", []):
+        lines.append(f"| {c['name']} | {_fmt(c['value'])} | {c['threshold']:g} | {'yes' if c['passed'] else 'no'} |")
+    if plot:
+        lines += ["", f"![metrics per round]({plot})", "", f"Plot file: `{plot}`"]
+    return "\n".join(lines) + "\n"
+
+
+def worst_items(scored: list[dict], k: int = 20, width: int = 160) -> list[dict]:
+    """Per-item rows, worst first by judge score (unjudged first), texts shortened for a table."""
+    def cut(t: str) -> str:
+        t = " ".join(t.split())
+        return t if len(t) <= width else t[: width - 1] + "…"
+
+    ordered = sorted(scored, key=lambda s: (s.get("score", -1), s["rougeL"]))
+    return [{"instruction": cut(s["instruction"]), "reference": cut(s["reference"]), "answer": cut(s["answer"]),
+             "judge_score": round(s["score"], 2) if "score" in s else None,
+             "similarity": round(s["similarity"], 2) if "similarity" in s else None,
+             "precision": round(s["precision"], 2) if "precision" in s else None,
+             "rougeL": round(s["rougeL"], 3), "judge_spread": round(s.get("judge_spread", 0.0), 2)}
+            for s in ordered[:k]]
+
+
+def plot_rounds(rounds: list[dict], path: str | Path, *, metric: str, threshold: float,
+                baselines: dict[str, dict] | None = None) -> Path:
+    """PNG of the judge metrics per round, with the gate threshold and baselines as lines."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = sorted(rounds, key=lambda r: r["round"])
+    xs = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for k in ("judge_score", "judge_similarity", "judge_precision"):
+        ys = [r["metrics"].get(k) for r in rounds]
+        if any(y is not None for y in ys):
+            ax.plot(xs, ys, marker="o", label=k, linewidth=2.5 if k == metric else 1.2)
+    if metric not in ("judge_score", "judge_similarity", "judge_precision"):
+        ax.plot(xs, [r["metrics"].get(metric) for r in rounds], marker="s", label=metric)
+    ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label=f"gate {metric} >= {threshold:g}")
+    for name, b in (baselines or {}).items():
+        if b.get(metric) is not None:
+            ax.axhline(b[metric], color="gray", linestyle=":", linewidth=1, label=f"{name} {metric}")
+    ax.set_xlabel("round (0 = base student)")
+    ax.set_ylabel("score")
+    ax.set_xticks(xs)
+    ax.set_title("LlamaDuo migration: metrics per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

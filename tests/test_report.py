@@ -1,0 +1,28 @@
+from llamaduo.report import plot_rounds, round_markdown, worst_items
+
+ENTRY = {"round": 2, "train_rows": 60, "synthetic_rows_added": 20, "dropped": {"duplicate": 3},
+         "metrics": {"judge_score": 72.5, "rougeL": 0.7}, "gate_reason": "all: judge_score mean 72.5 >= 70",
+         "gate": {"passed": True, "metric": "judge_score", "value": 72.5, "threshold": 70,
+                  "criteria": [{"name": "judge_score mean", "value": 72.5, "threshold": 70, "passed": True}]},
+         "service": {"calls": 10, "cached": 0, "failed": 1, "retries": 2, "cost_usd": 0.01}}
+PREV = {**ENTRY, "round": 1, "metrics": {"judge_score": 60.0, "rougeL": 0.5}}
+
+
+def test_markdown_has_changes_deltas_baselines_and_gate():
+    md = round_markdown(ENTRY, PREV, {"base student": {"judge_score": 20.0}}, plot="metrics.png")
+    assert "# Round 2: PASS" in md and "+20 curated" in md and "duplicate 3" in md
+    assert "| judge_score | 72.5 (+12.5) | 60 | 20 |" in md
+    assert "| judge_score mean | 72.5 | 70 | yes |" in md and "![metrics per round](metrics.png)" in md
+
+
+def test_worst_items_first():
+    scored = [{"instruction": "a", "reference": "r", "answer": "x", "score": 90, "rougeL": 1.0},
+              {"instruction": "b", "reference": "r", "answer": "y", "score": 10, "rougeL": 0.0},
+              {"instruction": "c", "reference": "r", "answer": "z", "rougeL": 0.0}]
+    assert [r["instruction"] for r in worst_items(scored)] == ["c", "b", "a"]
+
+
+def test_plot_is_a_png(tmp_path):
+    p = plot_rounds([{"round": 0, "metrics": {"judge_score": 10}}, PREV, ENTRY], tmp_path / "m.png",
+                    metric="judge_score", threshold=70, baselines={"service LLM": {"judge_score": 85}})
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
