@@ -52,6 +52,7 @@ def _base_student(cfg: RunConfig, rd: RunDir, base_model: str, data: dict, state
     service_metrics = state.baselines.get("service LLM")
     decision = decide(ev["metrics"], cfg.gate, ev["items"], service_metrics)
     state.baselines["base student"] = ev["metrics"]
+    state.last_judged = ev["judged"]
     record_round(state, cfg, rd, {
         "round": 0, "train_rows": 0, "synthetic_rows_added": 0, "dropped": {}, "metrics": ev["metrics"],
         "gate": decision.to_summary(), "parity": parity(ev["metrics"], service_metrics) if service_metrics else {},

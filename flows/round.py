@@ -38,14 +38,14 @@ def _synthesize_round(cfg: RunConfig, rd: RunDir, data: dict, round_no: int, sta
         cand_path = str(rdir / f"candidates_w{wave}.jsonl")
         s = stage(synthesize, cand_path)(cfg.model_dump(mode="json"), data["train"], round_no, wave, n_requests, state.seed_offset,
                     ServiceStats().add(state.spent).add(service).to_dict(), str(rd.service_cache),
-                    cand_path)
+                    cand_path, state.last_judged)
         state.seed_offset += n_requests
         service.add(s["service"])
         durations["synthesize"] += s["seconds"]
         dropped.update({"service_failed": len(s["failures"])} if s["failures"] else {})
         curated_path = str(rdir / f"curated_w{wave}.jsonl")
-        c = stage(curate_candidates, curated_path)(s["candidates"], state.train_parts + kept_parts, data["test"], 8,
-                                                   need, curated_path)
+        c = stage(curate_candidates, curated_path)(s["candidates"], state.train_parts + kept_parts, data["test"],
+                                                   cfg.curate.model_dump(mode="json"), need, curated_path)
         durations["curate"] += c["seconds"]
         dropped.update(c["dropped"])
         kept_parts.append(c["kept"])
@@ -66,8 +66,8 @@ def migration_round(cfg: RunConfig, workdir: str, base_model: str, data: dict, r
              state.train_rows, cfg.synth.rows_per_round)
     try:
         kept_parts, dropped = _synthesize_round(cfg, rd, data, round_no, state, service, durations)
-        ts = stage(build_training_set, rdir / "train.jsonl")(state.train_parts + kept_parts,
-                                                             str(rdir / "train.jsonl"))
+        ts = stage(build_training_set, rdir / "train.jsonl")(state.train_parts + kept_parts, dict(dropped),
+                                                             round_no, str(rdir / "train.jsonl"))
         ft = stage(finetune, rdir / "adapter")(cfg.train.model_dump(mode="json"), base_model,
                                                         cfg.student.model, ts["train"], cfg.student.system_prompt,
                                                         str(rdir / "adapter"))
@@ -99,6 +99,7 @@ def migration_round(cfg: RunConfig, workdir: str, base_model: str, data: dict, r
         "infer_stats": inf["stats"], "judged_path": ev["judged"]["path"],
     }, ev["judged"])
     state.train_rows = ts["rows"]
+    state.last_judged = ev["judged"]
     log.info("round %d gate: %s -> %s", round_no, decision.reason, "PASS" if decision.passed else "fail")
     history = [r["metrics"].get(cfg.gate.metric) or 0.0 for r in sorted(state.rounds, key=lambda r: r["round"])
                if r["round"] >= 1]

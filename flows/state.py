@@ -18,6 +18,7 @@ class LoopState(BaseModel):
     spent: dict = Field(default_factory=dict)
     stop_reason: str | None = None
     baselines: dict[str, dict] = Field(default_factory=dict)  # name -> metrics (base student, service LLM)
+    last_judged: dict | None = None  # artifact of the latest per-item scores (failure-driven seeds)
 
 
 def summary_for(state: LoopState, cfg: RunConfig, *, passed: bool = False, final_model_dir: str | None = None) -> dict:

@@ -51,6 +51,26 @@ class SynthConfig(_Section):
     pairs_per_request: int = Field(5, gt=0, description="Pairs asked for per request (`n` in the template).")
     topic: str | None = Field(None, description="Topic text; default: the seed's category, else 'the same task'.")
     max_waves: int = Field(3, gt=0, description="Request waves per round while curation leaves too few rows.")
+    seed_strategy: Literal["uniform", "failure"] = Field("uniform", description="uniform: walk the train split "
+                                                         "without replacement across rounds; failure: weight seeds by "
+                                                         "how badly the student did on the most similar test items.")
+    topics: dict[str, str] = Field(default_factory=dict, description="Topic text per category (overrides `topic` "
+                                   "for seeds of that category).")
+
+
+class CurateConfig(_Section):
+    ngram: int = Field(8, ge=3, description="Decontamination: a shared word n-gram of this length with a test "
+                       "item's own content (task boilerplate excluded) drops the row.")
+    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard at or above which two rows "
+                                      "are near-duplicates (also against test items).")
+    shingle_size: int = Field(3, ge=1, description="Word shingle size for MinHash.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations.")
+    min_instruction_chars: int = Field(3, ge=0, description="Shorter instructions are dropped (too_short).")
+    min_response_chars: int = Field(1, ge=0, description="Shorter responses are dropped (too_short).")
+    max_instruction_chars: int = Field(8000, gt=0, description="Longer instructions are dropped (too_long).")
+    max_response_chars: int = Field(8000, gt=0, description="Longer responses are dropped (too_long).")
+    drop_refusals: bool = Field(True, description="Drop responses that refuse ('I'm sorry, but I can't ...').")
+    drop_echo: bool = Field(True, description="Drop responses that repeat the instruction.")
 
 
 class JudgeConfig(_Section):
@@ -134,6 +154,7 @@ class RunConfig(_Section):
     data: DataConfig
     service: ServiceConfig
     synth: SynthConfig = SynthConfig()
+    curate: CurateConfig = CurateConfig()
     judge: JudgeConfig = JudgeConfig()
     student: StudentConfig = StudentConfig()
     train: TrainConfig = TrainConfig()

@@ -1,19 +1,72 @@
-"""Curation: drop invalid rows, duplicates and anything overlapping the test split.
+"""Curation: drop invalid and low-quality rows, exact and near duplicates, and anything
+that overlaps the test split (decontamination). Every dropped row keeps its reason.
 
-Every dropped row keeps its reason, so a round can say why it kept what it kept.
+Pure functions over row dicts (no I/O): MinHash LSH from datasketch for near-duplicates,
+word n-grams for long-span overlap with test items.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
+from datasketch import MinHash, MinHashLSH
+
+from .config import CurateConfig
 from .similarity import ngrams, normalize, words
 
 DROP_INVALID = "invalid"
+DROP_TRUNCATED = "truncated"
+DROP_TOO_SHORT = "too_short"
+DROP_TOO_LONG = "too_long"
+DROP_REFUSAL = "refusal"
+DROP_ECHO = "echo"
 DROP_DUPLICATE = "duplicate"
+DROP_NEAR_DUPLICATE = "near_duplicate"
 DROP_TEST_OVERLAP = "test_overlap"
+DROP_TEST_NEAR_DUPLICATE = "test_near_duplicate"
+
+_REFUSAL = re.compile(r"^\W*(i'?m sorry|i am sorry|sorry,|i can(?:no|')t|i cannot|i'm unable|i am unable|"
+                      r"as an ai\b|as a language model|i won'?t be able)", re.IGNORECASE)
+_DANGLING = re.compile(r"(,|:|;|\(|-|\b(and|or|the|a|an|to|of|with|because))\s*$", re.IGNORECASE)
+MIN_SEGMENT = 5  # shorter leftovers ("billing", "thanks a lot") are not evidence of leakage
 
 
+# -- quality -----------------------------------------------------------------------------
+def quality_issue(row: dict, cfg: CurateConfig) -> str | None:
+    instr, resp = row.get("instruction"), row.get("response")
+    if "invalid" in row or not isinstance(instr, str) or not isinstance(resp, str) or not instr.strip() \
+            or not resp.strip():
+        return DROP_INVALID
+    instr, resp = instr.strip(), resp.strip()
+    if resp.count("```") % 2 == 1 or _DANGLING.search(resp):
+        return DROP_TRUNCATED
+    if len(instr) < cfg.min_instruction_chars or len(resp) < cfg.min_response_chars:
+        return DROP_TOO_SHORT
+    if len(instr) > cfg.max_instruction_chars or len(resp) > cfg.max_response_chars:
+        return DROP_TOO_LONG
+    if cfg.drop_refusals and _REFUSAL.search(resp):
+        return DROP_REFUSAL
+    if cfg.drop_echo and len(resp.split()) > 3 and normalize(resp) in normalize(instr):
+        return DROP_ECHO
+    return None
+
+
+# -- near duplicates ---------------------------------------------------------------------
+def minhash(text: str, cfg: CurateConfig) -> MinHash:
+    toks = words(text)
+    k = cfg.shingle_size
+    shingles = {" ".join(toks[i:i + k]) for i in range(max(1, len(toks) - k + 1))} if toks else {""}
+    m = MinHash(num_perm=cfg.num_perm, seed=1)
+    m.update_batch([s.encode("utf-8") for s in shingles])
+    return m
+
+
+def _pair_text(row: dict) -> str:
+    return f"{row['instruction']}\n{row['response']}"
+
+
+# -- decontamination ---------------------------------------------------------------------
 def _masked_segments(toks: list[str], boilerplate: set[tuple[str, ...]], n: int) -> list[tuple[str, ...]]:
     """Runs of tokens not covered by any boilerplate n-gram."""
     covered = [False] * len(toks)
@@ -31,9 +84,6 @@ def _masked_segments(toks: list[str], boilerplate: set[tuple[str, ...]], n: int)
     if cur:
         segments.append(tuple(cur))
     return segments
-
-
-MIN_SEGMENT = 5  # shorter leftovers ("billing", "thanks a lot") are not evidence of leakage
 
 
 def contamination_ngrams(test_texts: list[str], train_texts: list[str], n: int) -> set[tuple[str, ...]]:
@@ -62,34 +112,73 @@ def _shares_gram(text: str, grams: set[tuple[str, ...]], sizes: set[int]) -> boo
     return any(tuple(toks[i:i + k]) in grams for k in sizes for i in range(len(toks) - k + 1))
 
 
-def curate(candidates: list[dict], existing: list[dict], test: list[dict], *, ngram: int = 8
+class Decontaminator:
+    """Flags rows that copy, re-word or share long content spans with any test item."""
+
+    def __init__(self, test: list[dict], coverage_train: list[dict], cfg: CurateConfig):
+        self.cfg = cfg
+        self.exact = {normalize(t["instruction"]) for t in test} | {normalize(t["response"]) for t in test}
+        # very short texts (labels such as "billing") are not evidence of leakage on their own
+        self.exact = {x for x in self.exact if len(x.split()) >= 4}
+        texts = [t["instruction"] for t in test] + [t["response"] for t in test]
+        train_texts = [r["instruction"] for r in coverage_train] + [r["response"] for r in coverage_train]
+        self.grams = contamination_ngrams(texts, train_texts, cfg.ngram)
+        self.sizes = {len(g) for g in self.grams}
+        self.lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
+        for i, t in enumerate(test):
+            for part, text in (("i", t["instruction"]), ("r", t["response"])):
+                if len(words(text)) >= MIN_SEGMENT:
+                    self.lsh.insert(f"{part}{i}", minhash(text, cfg))
+
+    def check(self, row: dict) -> str | None:
+        ni, nr = normalize(row["instruction"]), normalize(row["response"])
+        if ni in self.exact or nr in self.exact or _shares_gram(row["instruction"], self.grams, self.sizes) or \
+                _shares_gram(row["response"], self.grams, self.sizes):
+            return DROP_TEST_OVERLAP
+        for text in (row["instruction"], row["response"]):
+            if len(words(text)) >= MIN_SEGMENT and self.lsh.query(minhash(text, self.cfg)):
+                return DROP_TEST_NEAR_DUPLICATE
+        return None
+
+
+def decontaminate(rows: list[dict], test: list[dict], coverage_train: list[dict], cfg: CurateConfig
+                  ) -> tuple[list[dict], list[dict]]:
+    """(clean, dropped-with-reason) with respect to the test split."""
+    d = Decontaminator(test, coverage_train, cfg)
+    clean, dropped = [], []
+    for row in rows:
+        reason = d.check(row)
+        (dropped if reason else clean).append({**row, "drop_reason": reason} if reason else row)
+    return clean, dropped
+
+
+# -- the whole curation --------------------------------------------------------------------
+def curate(candidates: list[dict], existing: list[dict], test: list[dict], cfg: CurateConfig | None = None
            ) -> tuple[list[dict], list[dict]]:
     """Return (kept, dropped); dropped rows carry `drop_reason`. Pure: no I/O."""
-    seen = {(normalize(r["instruction"]), normalize(r["response"])) for r in existing}
-    seen_instr = {normalize(r["instruction"]) for r in existing}
-    test_exact = {normalize(t["instruction"]) for t in test} | {normalize(t["response"]) for t in test}
-    # Very short test responses (labels such as "billing") are not evidence of leakage on their own.
-    test_exact -= {x for x in test_exact if len(x.split()) < 4}
+    cfg = cfg or CurateConfig()
+    seen = {normalize(r["instruction"]) for r in existing}
+    lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
+    for i, r in enumerate(existing):
+        lsh.insert(f"e{i}", minhash(_pair_text(r), cfg))
     coverage = [r for r in existing if r.get("origin", "coverage") != "synthetic"]
-    bad_grams = contamination_ngrams([t["instruction"] for t in test] + [t["response"] for t in test],
-                                     [r["instruction"] for r in coverage] + [r["response"] for r in coverage],
-                                     ngram)
-    sizes = {len(g) for g in bad_grams}
+    contamination = Decontaminator(test, coverage, cfg)
     kept, dropped = [], []
-    for row in candidates:
-        reason = None
-        if "invalid" in row or not row.get("instruction", "").strip() or not row.get("response", "").strip():
-            reason = DROP_INVALID
-        else:
-            ni, nr = normalize(row["instruction"]), normalize(row["response"])
-            if (ni, nr) in seen or ni in seen_instr:
+    for j, row in enumerate(candidates):
+        reason = quality_issue(row, cfg)
+        if reason is None:
+            ni = normalize(row["instruction"])
+            if ni in seen:
                 reason = DROP_DUPLICATE
-            elif ni in test_exact or nr in test_exact or _shares_gram(row["instruction"], bad_grams, sizes) or \
-                    _shares_gram(row["response"], bad_grams, sizes):
-                reason = DROP_TEST_OVERLAP
             else:
-                seen.add((ni, nr))
-                seen_instr.add(ni)
+                reason = contamination.check(row)
+                if reason is None:
+                    m = minhash(_pair_text(row), cfg)
+                    if lsh.query(m):
+                        reason = DROP_NEAR_DUPLICATE
+                    else:
+                        seen.add(ni)
+                        lsh.insert(f"c{j}", m)
         if reason:
             dropped.append({**row, "drop_reason": reason})
         else:

@@ -50,3 +50,45 @@ def test_short_label_responses_are_not_contamination():
 def test_contamination_ngrams_exclude_boilerplate():
     grams = contamination_ngrams([TEST[0]["instruction"]], [TRAIN[0]["instruction"]], 8)
     assert grams and all("classify" not in g for g in grams)
+
+
+# -- quality filters ---------------------------------------------------------------------
+import pytest  # noqa: E402
+
+from llamaduo.config import CurateConfig  # noqa: E402
+from llamaduo.curate import (DROP_ECHO, DROP_NEAR_DUPLICATE, DROP_REFUSAL, DROP_TEST_NEAR_DUPLICATE,  # noqa: E402
+                             DROP_TOO_LONG, DROP_TOO_SHORT, DROP_TRUNCATED, decontaminate, quality_issue)
+
+
+@pytest.mark.parametrize("r,reason", [
+    (row("Explain photosynthesis", "I'm sorry, but I can't help with that."), DROP_REFUSAL),
+    (row("Explain photosynthesis", "As an AI language model, I do not have opinions."), DROP_REFUSAL),
+    (row("Name the capital of France please", "name the capital of France"), DROP_ECHO),
+    (row("Explain photosynthesis", "Plants turn light into energy and"), DROP_TRUNCATED),
+    (row("Explain photosynthesis", "```python\nprint(1)"), DROP_TRUNCATED),
+    (row("Hi", "A fine answer."), DROP_TOO_SHORT),
+    (row("Explain photosynthesis", "x" * 9000), DROP_TOO_LONG),
+    ({"invalid": "missing response"}, DROP_INVALID),
+])
+def test_quality_filters(r, reason):
+    assert quality_issue(r, CurateConfig()) == reason
+
+
+def test_quality_keeps_good_rows_and_respects_switches():
+    good = row("Explain photosynthesis briefly", "Plants turn light, water and CO2 into sugar and oxygen.")
+    assert quality_issue(good, CurateConfig()) is None
+    refusal = row("Explain photosynthesis", "I'm sorry, that is outside what I know.")
+    assert quality_issue(refusal, CurateConfig(drop_refusals=False)) is None
+
+
+def test_near_duplicates_within_batch_and_against_existing():
+    base = ("Write a short poem about the sea at night, with the moon over the waves and a lighthouse "
+            "blinking far away on the rocks")
+    existing = [row(base, "The moon spills silver on the tide, the lighthouse blinks, the waves reply.")]
+    near = row(base + " please", "The moon spills silver on the tide, the lighthouse blinks, the waves reply!")
+    other = row("Summarise the causes of the French Revolution in three bullet points for a student who is "
+                "preparing for an exam next week and needs the essentials only, in plain words",
+                "- Royal debt and unfair taxes on the third estate\n- Enlightenment ideas about rights and "
+                "government\n- Bad harvests and rising bread prices")
+    kept, dropped = curate([near, other, dict(other, instruction=other["instruction"] + " now")], existing, [])
+    assert kept == [other] and drop_counts(dropped) == {DROP_NEAR_DUPLICATE: 2}

@@ -1,0 +1,46 @@
+"""Training-set lineage: every row says where it came from; each round's set is saved as a
+Hugging Face `datasets` directory with a short data card."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from .store import replace_dir
+
+LINEAGE_COLUMNS = ["id", "instruction", "response", "category", "system", "origin", "round", "seed_id",
+                   "generator", "template_sha256"]
+
+
+def normalise_rows(rows: list[dict]) -> list[dict]:
+    """Same columns for every row (coverage rows have no round/seed/generator: None)."""
+    return [{c: r.get(c, "coverage" if c == "origin" else None) for c in LINEAGE_COLUMNS} for r in rows]
+
+
+def save_dataset(rows: list[dict], dest: str | Path) -> Path:
+    from datasets import Dataset, Features, Value
+
+    features = Features({c: Value("int64") if c == "round" else Value("string") for c in LINEAGE_COLUMNS})
+    dest = Path(dest)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        Dataset.from_list(normalise_rows(rows), features=features).save_to_disk(str(tmp / "ds"))
+        return replace_dir(tmp / "ds", dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def data_card(rows: list[dict], dropped: dict[str, int], round_no: int) -> str:
+    by_origin = Counter(r.get("origin", "coverage") for r in rows)
+    by_round = Counter(r.get("round") for r in rows if r.get("origin") == "synthetic")
+    generators = Counter(r.get("generator") for r in rows if r.get("generator"))
+    lines = [f"# Training set, round {round_no}", "", f"{len(rows)} rows.", "", "## By origin", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(by_origin.items())]
+    lines += ["", "## Synthetic rows by round", ""] + [f"- round {k}: {v}" for k, v in sorted(by_round.items())]
+    lines += ["", "## Generators", ""] + [f"- {k}: {v}" for k, v in sorted(generators.items())]
+    lines += ["", f"## Dropped in round {round_no} curation", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(dropped.items())] or ["- none"]
+    lines += ["", "Columns: " + ", ".join(LINEAGE_COLUMNS), ""]
+    return "\n".join(lines)
