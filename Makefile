@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 WORKDIR ?= runs/demo
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-integration test-all clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-integration: install
+	$(BIN)/python -m pytest -q -m slow tests/test_deployment.py
 
 test-all: install
 	$(BIN)/python -m pytest -q -m ""

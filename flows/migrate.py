@@ -105,10 +105,17 @@ def migrate(config: RunConfig, workdir: str) -> dict:
             "final_model_dir": final_dir}
 
 
-@flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", persist_result=True, log_prints=True)
+@flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", persist_result=True, result_serializer="json",
+      log_prints=True)
 def migrate_config_file(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None,
                         workdir: str | None = None) -> dict:
-    """Deployment entry point: a config file (relative to the project) plus `dotted.key=value` overrides."""
+    """Deployment entry point, for the Prefect UI form and API triggers.
+
+    Args:
+        config_path: YAML config, relative to the project directory or absolute.
+        overrides: `dotted.key=value` overrides, e.g. `gate.threshold=80`.
+        workdir: run directory (default `runs/<name>`); the result names its summary.json.
+    """
     from pathlib import Path
 
     from llamaduo.config import load_config

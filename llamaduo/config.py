@@ -106,6 +106,8 @@ class TrainConfig(_Section):
     seed: int = Field(42, description="Training seed.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1 = by epochs).")
     subprocess: bool = Field(True, description="Train in a child process so GPU memory is released after.")
+    save_steps: int = Field(50, gt=0, description="Checkpoint the adapter every N steps; a retried or re-run "
+                            "training resumes from the last checkpoint instead of from scratch.")
 
 
 class InferConfig(_Section):

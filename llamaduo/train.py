@@ -57,12 +57,13 @@ def load_trainable_model(base_model: str, cfg: TrainConfig):
 
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                  bnb_4bit_compute_dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(base_model, quantization_config=bnb, device_map={"": 0},
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # one GPU per process under accelerate launch
+        model = AutoModelForCausalLM.from_pretrained(base_model, quantization_config=bnb, device_map={"": local_rank},
                                                      dtype=torch.bfloat16)
         return prepare_model_for_kbit_training(model)
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
-    return model.to("cuda") if torch.cuda.is_available() else model
+    return model.to(f"cuda:{os.environ.get('LOCAL_RANK', '0')}") if torch.cuda.is_available() else model
 
 
 def _checkpointing_kwarg(config_cls, enabled: bool) -> dict:
@@ -92,10 +93,10 @@ def build_trainer(spec: TrainSpec, work_dir: Path):
     accum = cfg.grad_accum * max(1, cfg.batch_size // micro)
     cuda = torch.cuda.is_available()
     args = SFTConfig(
-        output_dir=str(work_dir / "trainer"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        output_dir=str(checkpoint_dir(spec)), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=micro, gradient_accumulation_steps=accum, learning_rate=cfg.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=0.05, max_length=cfg.max_length, logging_steps=5,
-        save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, report_to="none", seed=cfg.seed, data_seed=cfg.seed,
         bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda, dataloader_num_workers=0,
         completion_only_loss=True, packing=False, **_checkpointing_kwarg(SFTConfig, cuda),
         disable_tqdm=os.environ.get("LLAMADUO_PROGRESS", "1" if sys.stderr.isatty() else "0") != "1",
@@ -109,27 +110,59 @@ def build_trainer(spec: TrainSpec, work_dir: Path):
     return trainer
 
 
+def checkpoint_dir(spec: TrainSpec) -> Path:
+    return Path(spec.output_dir).with_name(Path(spec.output_dir).name + ".checkpoints")
+
+
+def last_checkpoint(spec: TrainSpec) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    d = checkpoint_dir(spec)
+    found = get_last_checkpoint(str(d)) if d.is_dir() else None
+    return Path(found) if found else None
+
+
 def train_lora(spec: TrainSpec) -> dict:
-    """Fine-tune in this process; returns training stats. Writes the adapter to spec.output_dir."""
+    """Fine-tune in this process; returns training stats. Writes the adapter to spec.output_dir.
+    An interrupted run (crash, OOM, kill) resumes from its last checkpoint."""
     out = Path(spec.output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         trainer = build_trainer(spec, work)
+        resume = last_checkpoint(spec)
         t0 = time.time()
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if not trainer.is_world_process_zero():  # other data-parallel ranks: rank 0 writes the adapter
+            return {"steps": int(result.global_step)}
         adapter_tmp = work / "adapter"
         trainer.model.save_pretrained(adapter_tmp)
         trainer.processing_class.save_pretrained(adapter_tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(adapter_tmp, out)
+        shutil.rmtree(checkpoint_dir(spec), ignore_errors=True)  # done: nothing left to resume
     finally:
         shutil.rmtree(work, ignore_errors=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"steps": int(result.global_step), "train_loss": round(float(result.training_loss), 4),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            **trainer.llamaduo_meta, "seconds": round(time.time() - t0, 2)}
+            **trainer.llamaduo_meta, "resumed_from": resume.name if resume else None,
+            "seconds": round(time.time() - t0, 2)}
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def launch_command(n_gpus: int, spec_path: str, result_path: str) -> list[str]:
+    """One process on CPU or one GPU; `accelerate launch` (data parallel) on several GPUs."""
+    if n_gpus > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n_gpus), "--module",
+                "llamaduo.train", spec_path, result_path]
+    return [sys.executable, "-m", "llamaduo.train", spec_path, result_path]
 
 
 # Optimizer steps taken by this process's training runs: the CLI reports them (0 on a cached re-run).
@@ -152,7 +185,7 @@ def _run_training(spec: TrainSpec, subprocess_mode: bool) -> dict:
     result_path.unlink(missing_ok=True)
     atomic_write_json(spec_path, asdict(spec))
     env = {**os.environ, "LLAMADUO_PROGRESS": "1" if sys.stderr.isatty() else os.environ.get("LLAMADUO_PROGRESS", "0")}
-    proc = subprocess.Popen([sys.executable, "-m", "llamaduo.train", str(spec_path), str(result_path)],
+    proc = subprocess.Popen(launch_command(_visible_gpus(), str(spec_path), str(result_path)),
                             stderr=subprocess.PIPE, env=env)
     tail = b""
     for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # live progress, and the tail for errors
@@ -186,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     _exit_with_parent()
     spec = TrainSpec(**json.loads(Path(argv[0]).read_text()))
     stats = train_lora(spec)
-    atomic_write_json(argv[1], stats)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_json(argv[1], stats)
     return 0
 
 

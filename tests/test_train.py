@@ -53,3 +53,31 @@ def test_oom_retry_halves_micro_batch_keeps_effective_batch(spec, tmp_path):
     spec.micro_batch = 2
     trainer = build_trainer(spec, tmp_path / "work")
     assert trainer.args.per_device_train_batch_size == 2 and trainer.args.gradient_accumulation_steps == 2
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(spec, tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    import llamaduo.train as train_mod
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise RuntimeError("simulated crash after step 3")
+
+    spec.train = {**spec.train, "epochs": 2, "save_steps": 2}  # 6 steps, checkpoint every 2
+    real_build = train_mod.build_trainer
+
+    def crashing_build(s, work):
+        trainer = real_build(s, work)
+        trainer.add_callback(Crash())
+        return trainer
+
+    monkeypatch.setattr(train_mod, "build_trainer", crashing_build)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_mod.train_lora(spec)
+    assert train_mod.last_checkpoint(spec).name == "checkpoint-2"
+    monkeypatch.setattr(train_mod, "build_trainer", real_build)
+    stats = train_mod.train_lora(spec)
+    assert stats["resumed_from"] == "checkpoint-2" and stats["steps"] == 6
+    assert not train_mod.checkpoint_dir(spec).exists() and (tmp_path / "adapter" / "adapter_config.json").is_file()
