@@ -45,9 +45,9 @@ def _service_baseline(cfg: RunConfig, rd: RunDir, data: dict, state: LoopState) 
 
 def _base_student(cfg: RunConfig, rd: RunDir, base_model: str, data: dict, state: LoopState) -> None:
     """Round 0: the base student, judged the same way on the same test items."""
-    inf = stage(infer, rd.round(0) / "answers.jsonl")(cfg.infer.model_dump(mode="json"), base_model,
-                                                       cfg.student.model, None, data["test"],
-                                                       cfg.student.system_prompt, str(rd.round(0) / "answers.jsonl"))
+    out = rd.round(0) / "answers.jsonl"
+    inf = stage(infer, out)(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model, None, data["test"],
+                            cfg.student.system_prompt, str(out))
     ev = _evaluate_answers(cfg, rd, data, inf["answers"], 0, state, str(rd.round(0) / "judged.jsonl"))
     service_metrics = state.baselines.get("service LLM")
     decision = decide(ev["metrics"], cfg.gate, ev["items"], service_metrics)

@@ -36,9 +36,10 @@ def _synthesize_round(cfg: RunConfig, rd: RunDir, data: dict, round_no: int, sta
     for wave in range(cfg.synth.max_waves):
         n_requests = math.ceil(need / cfg.synth.pairs_per_request)
         cand_path = str(rdir / f"candidates_w{wave}.jsonl")
-        s = stage(synthesize, cand_path)(cfg.model_dump(mode="json"), data["train"], round_no, wave, n_requests, state.seed_offset,
-                    ServiceStats().add(state.spent).add(service).to_dict(), str(rd.service_cache),
-                    cand_path, state.last_judged)
+        spent = ServiceStats().add(state.spent).add(service).to_dict()
+        s = stage(synthesize, cand_path)(cfg.model_dump(mode="json"), data["train"], round_no, wave, n_requests,
+                                         state.seed_offset, spent, str(rd.service_cache), cand_path,
+                                         state.last_judged)
         state.seed_offset += n_requests
         service.add(s["service"])
         durations["synthesize"] += s["seconds"]
@@ -68,17 +69,17 @@ def migration_round(cfg: RunConfig, workdir: str, base_model: str, data: dict, r
         kept_parts, dropped = _synthesize_round(cfg, rd, data, round_no, state, service, durations)
         ts = stage(build_training_set, rdir / "train.jsonl")(state.train_parts + kept_parts, dict(dropped),
                                                              round_no, str(rdir / "train.jsonl"))
-        ft = stage(finetune, rdir / "adapter")(cfg.train.model_dump(mode="json"), base_model,
-                                                        cfg.student.model, ts["train"], cfg.student.system_prompt,
-                                                        str(rdir / "adapter"))
+        ft = stage(finetune, rdir / "adapter")(cfg.train.model_dump(mode="json"), base_model, cfg.student.model,
+                                               ts["train"], cfg.student.system_prompt, str(rdir / "adapter"))
         durations["finetune"] += ft["seconds"]
-        inf = stage(infer, rdir / "answers.jsonl")(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model,
-                                                      ft["adapter"], data["test"], cfg.student.system_prompt,
-                                                      str(rdir / "answers.jsonl"))
+        inf = stage(infer, rdir / "answers.jsonl")(cfg.infer.model_dump(mode="json"), base_model,
+                                                   cfg.student.model, ft["adapter"], data["test"],
+                                                   cfg.student.system_prompt, str(rdir / "answers.jsonl"))
         durations["infer"] += inf["seconds"]
+        spent = ServiceStats().add(state.spent).add(service).to_dict()
         ev = stage(evaluate, rdir / "judged.jsonl")(cfg.model_dump(mode="json"), data["test"], inf["answers"],
-                                                        round_no, ServiceStats().add(state.spent).add(service).to_dict(),
-                                                        str(rd.service_cache), str(rdir / "judged.jsonl"))
+                                                    round_no, spent, str(rd.service_cache),
+                                                    str(rdir / "judged.jsonl"))
         service.add(ev["service"])
         durations["evaluate"] += ev["seconds"]
     except BudgetExhausted as exc:

@@ -49,6 +49,7 @@ class FakeBehaviour:
     pool: list[dict] = field(default_factory=list)
     judge: str = "overlap"  # or "fenced" to wrap replies in ```json fences with chatter
     plain_answer: str = "blue"  # reply to anything that is neither a synthesis nor a judge prompt
+    pool_pick: str = "random"  # or "similar": the pool pairs closest to the seed example (a teacher that follows it)
 
 
 class FakeOpenAIServer:
@@ -81,7 +82,12 @@ class FakeOpenAIServer:
         reference = _block(prompt, "Human Response")
         candidate = _block(prompt, "Language Model Response")
         if reference is not None and candidate is not None:
-            s = overlap_score(candidate, reference)
+            if self.behaviour.judge == "rouge":
+                from llamaduo.similarity import rouge_l
+
+                s = max(1, min(100, round(100 * rouge_l(candidate, reference)["f"]))) if candidate.strip() else 1
+            else:
+                s = overlap_score(candidate, reference)
             body = json.dumps({"similarity_assessment": {"score": s, "reason": "word overlap"},
                                "precision_assessment": {"score": s, "reason": "word overlap"}})
             return f"Here is my assessment:\n```json\n{body}\n```\nHope this helps." if self.behaviour.judge == "fenced" else body
@@ -90,7 +96,14 @@ class FakeOpenAIServer:
             return self.behaviour.plain_answer
         n = int(m.group(1)) if m else 3
         rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
-        picks = rng.sample(self.behaviour.pool, min(n, len(self.behaviour.pool)))
+        pool = self.behaviour.pool
+        seed = re.search(r"Instruction: (.*?)\nResponse:", prompt, re.DOTALL)
+        if self.behaviour.pool_pick == "similar" and seed:
+            seed_words = set(seed.group(1).lower().split())
+            ranked = sorted(pool, key=lambda p: -len(seed_words & set(p["instruction"].lower().split())) /
+                            (len(seed_words | set(p["instruction"].lower().split())) or 1))
+            pool = ranked[: max(3 * n, 10)]
+        picks = rng.sample(pool, min(n, len(pool)))
         return json.dumps({"contents": [{"instruction": p["instruction"], "response": p["response"]} for p in picks]})
 
     def _handler(self):

@@ -58,6 +58,8 @@ def test_faults_end_as_produced_or_counted_failed(tmp_path, monkeypatch):
     ok = sum(r.ok for r in res)
     failed_call = sum(r.kind == "call" for r in res)
     failed_parse = sum(r.kind == "parse" for r in res)
+    print(f"\n30% faults over 40 judge requests: {ok} produced, {failed_call} failed calls, {failed_parse} parse "
+          f"failures; {c.stats.retries} retries; server saw {dict(server.statuses)}")
     assert ok + failed_call + failed_parse == 40
     assert c.stats.failed == failed_call and c.stats.retries > 0 and server.statuses[500] > 0
     assert ok > 20
@@ -127,6 +129,21 @@ def test_kill_9_mid_synthesis_then_rerun_repeats_only_in_flight_requests(tmp_pat
                              text=True, timeout=120)
         assert out.stdout.strip() == "ok 60", out.stderr[-2000:]
     repeated = [b for b, c in server.answered.items() if c > 1]
+    print(f"\nkill -9 after {len(before_kill)} answered of 60; re-run: {len(server.answered)} distinct bodies, "
+          f"{len(repeated)} answered twice")
     assert len(server.answered) == 60
     # only requests in flight at the kill (at most max_concurrency=4) may be answered twice
     assert len(repeated) <= 4 and all(b in before_kill for b in repeated)
+
+
+def test_faults_without_retries_are_counted_not_dropped(tmp_path, monkeypatch):
+    behaviour = FakeBehaviour(p_500=0.2, p_malformed=0.1, seed=11)
+    with FakeOpenAIServer(behaviour) as server:
+        c = client(server, tmp_path, monkeypatch, max_retries=0, max_parse_retries=0)
+        res = c.run(judge_requests(40), parse_judge_reply)
+    ok = sum(r.ok for r in res)
+    failed_call, failed_parse = sum(r.kind == "call" for r in res), sum(r.kind == "parse" for r in res)
+    print(f"\nno retries, 30% faults: {ok} produced, {failed_call} failed calls (counted), {failed_parse} parse "
+          f"failures (counted)")
+    assert ok + failed_call + failed_parse == 40 and failed_call > 0 and failed_parse > 0
+    assert c.stats.failed == failed_call == server.statuses[500]
