@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nfinished in {time.time() - t0:.0f} s: passed={result['passed']} stop_reason={result['stop_reason']}")
     print(f"this invocation: {PROCESS_STATS.calls} service calls, {PROCESS_TRAINING_STEPS[0]} training steps")
     print(f"summary: {result['summary_path']}")
+    reports = sorted(workdir.glob("rounds/round_*/report.md"))
+    if reports:
+        print(f"report:  {reports[-1]} (plot: {workdir / 'report' / 'metrics.png'})")
     if result["final_model_dir"]:
         print(f"model:   {result['final_model_dir']}/merged (model card: {result['final_model_dir']}/README.md)")
     return EXIT_PASSED if result["passed"] else EXIT_NOT_PASSED
