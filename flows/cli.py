@@ -76,6 +76,9 @@ def _prefect_env(workdir: Path) -> None:
     if not any(os.environ.get(k) for k in ("PREFECT_LOCAL_STORAGE_PATH", "PREFECT_RESULTS_LOCAL_STORAGE_PATH")):
         os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(workdir / ".prefect" / "results")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "llamaduo")
+    # The temporary server's telemetry heartbeat races SQLite at start-up ("database is locked"
+    # tracebacks) and cannot reach the network offline: keep it off unless asked for.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
