@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from prefect import flow, get_run_logger
 
 from llamaduo.config import STANDIN_MODEL, RunConfig
@@ -12,7 +10,6 @@ from llamaduo.export import model_card
 from llamaduo.gate import STOP_BUDGET, STOP_PASSED, best_round, decide
 from llamaduo.judge import parity
 from llamaduo.models import resolve_student
-from llamaduo.service import ServiceStats
 from llamaduo.standin import LABEL as STANDIN_LABEL
 from llamaduo.store import RunDir
 from llamaduo.summary import write_summary
@@ -29,7 +26,7 @@ def _evaluate_answers(cfg: RunConfig, rd: RunDir, data: dict, answers: dict, lab
                       out: str) -> dict:
     ev = stage(evaluate, out)(cfg.model_dump(mode="json"), data["test"], answers, label, state.spent,
                               str(rd.service_cache), out)
-    state.spent = ServiceStats().add(state.spent).add(ev["service"]).to_dict()
+    state.charge(ev["service"])
     return ev
 
 
@@ -38,7 +35,7 @@ def _service_baseline(cfg: RunConfig, rd: RunDir, data: dict, state: LoopState) 
     out = rd.root / "baselines" / "service"
     sa = stage(service_answers, out / "answers.jsonl")(cfg.model_dump(mode="json"), data["test"], state.spent,
                                                         str(rd.service_cache), str(out / "answers.jsonl"))
-    state.spent = ServiceStats().add(state.spent).add(sa["service"]).to_dict()
+    state.charge(sa["service"])
     ev = _evaluate_answers(cfg, rd, data, sa["answers"], -1, state, str(out / "judged.jsonl"))
     state.baselines["service LLM"] = ev["metrics"]
 
@@ -96,9 +93,6 @@ def migrate(config: RunConfig, workdir: str) -> dict:
         final_dir = str(rd.export)
     summary = summary_for(state, cfg, passed=passed, final_model_dir=final_dir)
     write_summary(rd, summary)
-    dropped = Counter()
-    for r in state.rounds:
-        dropped.update(r["dropped"])
     log.info("done: passed=%s stop_reason=%s rounds=%d", passed, state.stop_reason,
              len([r for r in state.rounds if r["round"] >= 1]))
     return {"summary_path": str(rd.summary), "passed": passed, "stop_reason": state.stop_reason,

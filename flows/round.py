@@ -36,7 +36,7 @@ def _synthesize_round(cfg: RunConfig, rd: RunDir, data: dict, round_no: int, sta
     for wave in range(cfg.synth.max_waves):
         n_requests = math.ceil(need / cfg.synth.pairs_per_request)
         cand_path = str(rdir / f"candidates_w{wave}.jsonl")
-        spent = ServiceStats().add(state.spent).add(service).to_dict()
+        spent = state.spent_with(service)
         s = stage(synthesize, cand_path)(cfg.model_dump(mode="json"), data["train"], round_no, wave, n_requests,
                                          state.seed_offset, spent, str(rd.service_cache), cand_path,
                                          state.last_judged)
@@ -76,7 +76,7 @@ def migration_round(cfg: RunConfig, workdir: str, base_model: str, data: dict, r
                                                    cfg.student.model, ft["adapter"], data["test"],
                                                    cfg.student.system_prompt, str(rdir / "answers.jsonl"))
         durations["infer"] += inf["seconds"]
-        spent = ServiceStats().add(state.spent).add(service).to_dict()
+        spent = state.spent_with(service)
         ev = stage(evaluate, rdir / "judged.jsonl")(cfg.model_dump(mode="json"), data["test"], inf["answers"],
                                                     round_no, spent, str(rd.service_cache),
                                                     str(rdir / "judged.jsonl"))
@@ -84,13 +84,13 @@ def migration_round(cfg: RunConfig, workdir: str, base_model: str, data: dict, r
         durations["evaluate"] += ev["seconds"]
     except BudgetExhausted as exc:
         log.warning("stopping: %s", exc)
-        state.spent = ServiceStats().add(state.spent).add(service).to_dict()
+        state.charge(service)
         state.stop_reason = STOP_BUDGET
         return state
     service_metrics = state.baselines.get("service LLM")
     decision = decide(ev["metrics"], cfg.gate, ev["items"], service_metrics)
     state.train_parts = state.train_parts + kept_parts
-    state.spent = ServiceStats().add(state.spent).add(service).to_dict()
+    state.charge(service)
     record_round(state, cfg, rd, {
         "round": round_no, "train_rows": ts["rows"], "synthetic_rows_added": ts["rows"] - state.train_rows,
         "dropped": dict(dropped), "metrics": ev["metrics"], "gate": decision.to_summary(),

@@ -20,6 +20,13 @@ class LoopState(BaseModel):
     baselines: dict[str, dict] = Field(default_factory=dict)  # name -> metrics (base student, service LLM)
     last_judged: dict | None = None  # artifact of the latest per-item scores (failure-driven seeds)
 
+    def spent_with(self, stats: ServiceStats | dict) -> dict:
+        """Service spending of the run so far plus `stats` (what a stage's budget check starts from)."""
+        return ServiceStats().add(self.spent).add(stats).to_dict()
+
+    def charge(self, stats: ServiceStats | dict) -> None:
+        self.spent = self.spent_with(stats)
+
 
 def summary_for(state: LoopState, cfg: RunConfig, *, passed: bool = False, final_model_dir: str | None = None) -> dict:
     return build_summary(cfg.name, state.rounds, passed=passed, stop_reason=state.stop_reason,

@@ -72,7 +72,7 @@ def _checkpointing_kwarg(config_cls, enabled: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": enabled}
 
 
-def build_trainer(spec: TrainSpec, work_dir: Path):
+def build_trainer(spec: TrainSpec):
     """An SFTTrainer with a LoRA adapter on the student; loss on the completion (assistant) only."""
     import warnings
 
@@ -129,7 +129,7 @@ def train_lora(spec: TrainSpec) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        trainer = build_trainer(spec, work)
+        trainer = build_trainer(spec)
         resume = last_checkpoint(spec)
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)

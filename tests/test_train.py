@@ -21,7 +21,7 @@ def spec(tmp_path, tiny_model_dir):
 
 
 def test_lora_weights_move_and_base_weights_stay_frozen(spec, tmp_path):
-    trainer = build_trainer(spec, tmp_path / "work")
+    trainer = build_trainer(spec)
     named = dict(trainer.model.named_parameters())
     lora = {n: p.detach().clone() for n, p in named.items() if "lora_" in n}
     base = {n: p.detach().clone() for n, p in named.items() if "lora_" not in n}
@@ -34,7 +34,7 @@ def test_lora_weights_move_and_base_weights_stay_frozen(spec, tmp_path):
 
 
 def test_loss_only_on_completion_tokens(spec, tmp_path):
-    trainer = build_trainer(spec, tmp_path / "work")
+    trainer = build_trainer(spec)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     labels = batch["labels"][0]
     tok = trainer.processing_class
@@ -51,7 +51,7 @@ def test_subprocess_training_writes_adapter_atomically(spec, tmp_path):
 
 def test_oom_retry_halves_micro_batch_keeps_effective_batch(spec, tmp_path):
     spec.micro_batch = 2
-    trainer = build_trainer(spec, tmp_path / "work")
+    trainer = build_trainer(spec)
     assert trainer.args.per_device_train_batch_size == 2 and trainer.args.gradient_accumulation_steps == 2
 
 
@@ -68,8 +68,8 @@ def test_interrupted_training_resumes_from_last_checkpoint(spec, tmp_path, monke
     spec.train = {**spec.train, "epochs": 2, "save_steps": 2}  # 6 steps, checkpoint every 2
     real_build = train_mod.build_trainer
 
-    def crashing_build(s, work):
-        trainer = real_build(s, work)
+    def crashing_build(s):
+        trainer = real_build(s)
         trainer.add_callback(Crash())
         return trainer
 
