@@ -1,7 +1,8 @@
 """`llamaduo run|validate` — the console entry point.
 
-Exit codes (DESIGN.md): 0 gate passed, 3 stopped without passing, 2 invalid config or
-data (the message names file, line/row and field), 1 any other failure.
+Exit codes (DESIGN.md): 0 gate passed, 3 stopped without passing (rounds, budget, plateau),
+2 invalid config or data, or an endpoint that refuses the preflight call (the message names
+file, line/row and field), 4 the service LLM is failing, 1 any other failure.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_PASSED, EXIT_FAILURE, EXIT_INPUT, EXIT_NOT_PASSED = 0, 1, 2, 3
+EXIT_PASSED, EXIT_FAILURE, EXIT_INPUT, EXIT_NOT_PASSED, EXIT_SERVICE_FAILING = 0, 1, 2, 3, 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,42 +30,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def check(cfg) -> dict:
-    """Everything that can be checked before spending: data, templates, key presence."""
-    from llamaduo.data import load_coverage
-    from llamaduo.errors import InputError
-    from llamaduo.templates import judge_template, synth_template
-
-    train, test = load_coverage(cfg.data.path, cfg.data.test_path, cfg.data.test_size, cfg.data.split_seed)
-    synth_template(cfg.synth.prompt_template)
-    judge_template(cfg.judge.prompt_template)
-    if cfg.service.api_key_env and not os.environ.get(cfg.service.api_key_env):
-        raise InputError(f"environment variable {cfg.service.api_key_env} is not set", field="service.api_key_env")
-    if cfg.service.standin_pool:
-        from llamaduo.data import load_examples
-
-        load_examples(cfg.service.standin_pool)
-    return {"train": train, "test": test}
-
-
-def plan(cfg, data: dict) -> str:
-    from llamaduo.estimate import round_estimate
-
-    est = round_estimate(cfg, data["train"], data["test"])
+def plan(cfg, pf) -> str:
+    est, sp = pf.estimate, pf.splits
     rounds = cfg.gate.max_rounds
-    cost = "unknown price (0 for local models)" if est["cost_usd"] is None else f"~${est['cost_usd']:.4f}"
-    total = "" if est["cost_usd"] is None else f", ~${est['cost_usd'] * rounds:.4f}"
-    return "\n".join([
+    cost = "unknown price (self-hosted: free)" if est["cost_usd"] is None else f"~${est['cost_usd']:.4f}"
+    total = "" if est["run_cost_usd_max"] is None else f", at most ~${est['run_cost_usd_max']:.4f}"
+    baselines = f" (incl. {est['baseline_calls']} for baselines)" if est["baseline_calls"] else ""
+    removed = ", ".join(f"{k} {v}" for k, v in sorted(sp.removed.items())) or "none"
+    lines = [
         f"run '{cfg.name}': student {cfg.student.model}, service {cfg.service.model}, judge {cfg.judge_model}",
-        f"data: {len(data['train'])} train rows, {len(data['test'])} test rows",
-        f"per round: ~{est['synth_calls']} synthesis calls (up to {est['synth_calls'] * cfg.synth.max_waves} if "
-        f"curation drops rows) + {est['judge_calls']} judge calls = ~{est['calls']} calls, "
+        f"data: {len(sp.train)} train rows, {len(sp.val)} validation rows, {len(sp.test)} test rows "
+        f"(removed before the split: {removed})",
+        f"per round: ~{est['synth_calls']} synthesis calls (up to {est['synth_calls_max']} if curation drops rows) "
+        f"+ {est['judge_calls']} judge calls (test + validation, x samples x repeats) = ~{est['calls']} calls, "
         f"~{est['prompt_tokens']} prompt + ~{est['completion_tokens']} completion tokens, {cost}",
-        f"up to {rounds} rounds: ~{est['calls'] * rounds} calls{total}"
-        f"{' (+ a baseline evaluation)' if cfg.gate.baseline else ''}",
-        f"gate: {cfg.gate.metric} >= {cfg.gate.threshold}; budget caps: {cfg.budget.max_calls} calls, "
-        f"${cfg.budget.max_usd:g}",
-    ])
+        f"up to {rounds} rounds: at most ~{est['run_calls_max']} calls{total}{baselines}",
+        f"gate: {cfg.gate.metric} >= {cfg.gate.threshold} (on at least {cfg.gate.min_judged_share:.0%} of test "
+        f"items judged); budget caps: {cfg.budget.max_calls} calls, ${cfg.budget.max_usd:g}",
+    ]
+    lines += [f"warning: {w}" for w in pf.warnings]
+    return "\n".join(lines)
 
 
 def _prefect_env(workdir: Path) -> None:
@@ -87,43 +72,53 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from llamaduo.config import load_config
     from llamaduo.errors import InputError
+    from llamaduo.preflight import preflight
 
+    workdir = None
     try:
         cfg = load_config(args.config, args.overrides)
-        data = check(cfg)
+        if args.command == "run":
+            workdir = Path(args.workdir or Path("runs") / cfg.name).resolve()
+        pf = preflight(cfg, workdir, probe=args.command == "run")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    print(plan(cfg, data))
+    print(plan(cfg, pf))
     if args.command == "validate":
         print("config and data are valid")
         return EXIT_PASSED
-    workdir = Path(args.workdir or Path("runs") / cfg.name).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     _prefect_env(workdir)
     t0 = time.time()
     try:
         from flows.migrate import migrate
 
-        result = migrate(cfg, str(workdir))
+        result = migrate(cfg, str(workdir), pf.probe)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - reported, exit 1
-        print(f"error: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    from llamaduo.service import PROCESS_STATS
-    from llamaduo.train import PROCESS_TRAINING_STEPS
+        from llamaduo.redact import redact, secret_values
 
+        secrets = secret_values([cfg.service.api_key_env, cfg.judge.api_key_env])
+        print(redact(f"error: run failed: {type(exc).__name__}: {exc}", secrets), file=sys.stderr)
+        return EXIT_FAILURE
+    inv = result["invocation"]
     print(f"\nfinished in {time.time() - t0:.0f} s: passed={result['passed']} stop_reason={result['stop_reason']}")
-    print(f"this invocation: {PROCESS_STATS.calls} service calls, {PROCESS_TRAINING_STEPS[0]} training steps")
+    if result.get("stop_detail"):
+        print(f"why: {result['stop_detail']}")
+    print(f"this invocation: {inv['service_calls']} service calls, {inv['training_steps']} training steps")
     print(f"summary: {result['summary_path']}")
     reports = sorted(workdir.glob("rounds/round_*/report.md"))
     if reports:
         print(f"report:  {reports[-1]} (plot: {workdir / 'report' / 'metrics.png'})")
     if result["final_model_dir"]:
-        print(f"model:   {result['final_model_dir']}/merged (model card: {result['final_model_dir']}/README.md)")
-    return EXIT_PASSED if result["passed"] else EXIT_NOT_PASSED
+        verdict = "passed" if result["passed"] else "did NOT pass the gate"
+        print(f"model:   {result['final_model_dir']}/merged (round {result['exported_round']}, {verdict}; "
+              f"model card: {result['final_model_dir']}/README.md)")
+    if result["passed"]:
+        return EXIT_PASSED
+    return EXIT_SERVICE_FAILING if result["stop_reason"] == "service_failing" else EXIT_NOT_PASSED
 
 
 if __name__ == "__main__":

@@ -1,118 +1,138 @@
-"""The parent flow: prepare data, optional baseline (round 0), the recursive rounds, export."""
+"""The parent flow: student, data, baselines, the recursive rounds, export, summary.
+
+`migrate` is what the CLI runs after its preflight; `migrate_config_file` is the deployment
+entry point (UI form, API triggers), which runs the same preflight itself.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from llamaduo.config import STANDIN_MODEL, RunConfig
-from llamaduo.errors import BudgetExhausted
-from llamaduo.export import model_card
-from llamaduo.gate import STOP_BUDGET, STOP_PASSED, best_round, decide
+from llamaduo.gate import STOP_PASSED, best_round, decide
 from llamaduo.judge import parity
-from llamaduo.models import resolve_student
+from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
+from llamaduo.records import Evaluation, RoundRecord, ServiceStats, SplitResult, StudentRef
 from llamaduo.standin import LABEL as STANDIN_LABEL
 from llamaduo.store import RunDir
 from llamaduo.summary import write_summary
-from tasks._policy import stage
-from tasks.data import data_inputs_sha, prepare_data
-from tasks.evaluate import evaluate, infer, service_answers
+from tasks._policy import run_stage
+from tasks._results import RESULT_OPTIONS, quarantine_untrusted_results
+from tasks.data import prepare_data, prepare_student
+from tasks.evaluate import service_answers
 from tasks.export import export
 
 from .round import migration_round
-from .state import LoopState, record_round, summary_for
+from .stages import answer_and_judge, judge_answers, service_stage
+from .state import LoopState, StopLoop, record_round, summary_for
 
 
-def _evaluate_answers(cfg: RunConfig, rd: RunDir, data: dict, answers: dict, label: int, state: LoopState,
-                      out: str) -> dict:
-    ev = stage(evaluate, out)(cfg.model_dump(mode="json"), data["test"], answers, label, state.spent,
-                              str(rd.service_cache), out)
-    state.charge(ev["service"])
-    return ev
-
-
-def _service_baseline(cfg: RunConfig, rd: RunDir, data: dict, state: LoopState) -> None:
+def _service_baseline(cfg: RunConfig, root: str, data: SplitResult, state: LoopState) -> None:
     """The service LLM's own answers, judged the same way: the ceiling for parity."""
-    out = rd.root / "baselines" / "service"
-    sa = stage(service_answers, out / "answers.jsonl")(cfg.model_dump(mode="json"), data["test"], state.spent,
-                                                        str(rd.service_cache), str(out / "answers.jsonl"))
-    state.charge(sa["service"])
-    ev = _evaluate_answers(cfg, rd, data, sa["answers"], -1, state, str(out / "judged.jsonl"))
-    state.baselines["service LLM"] = ev["metrics"]
+    out = "baselines/service/answers.jsonl"
+    sa = service_stage(state, service_answers, out, root=root, endpoint=cfg.service_endpoint(), limits=cfg.service,
+                       infer_cfg=cfg.infer, budget=cfg.budget, items=data.test,
+                       system_prompt=cfg.student.system_prompt, out=out)
+    ev = judge_answers(cfg, root, state, data.test, sa.answers, "service baseline", "baselines/service/judged.jsonl")
+    state.baselines[BASELINE_SERVICE] = ev.metrics
 
 
-def _base_student(cfg: RunConfig, rd: RunDir, base_model: str, data: dict, state: LoopState) -> None:
+def _base_student(cfg: RunConfig, root: str, student: StudentRef, data: SplitResult, state: LoopState) -> None:
     """Round 0: the base student, judged the same way on the same test items."""
-    out = rd.round(0) / "answers.jsonl"
-    inf = stage(infer, out)(cfg.infer.model_dump(mode="json"), base_model, cfg.student.model, None, data["test"],
-                            cfg.student.system_prompt, str(out))
-    ev = _evaluate_answers(cfg, rd, data, inf["answers"], 0, state, str(rd.round(0) / "judged.jsonl"))
-    service_metrics = state.baselines.get("service LLM")
-    decision = decide(ev["metrics"], cfg.gate, ev["items"], service_metrics)
-    state.baselines["base student"] = ev["metrics"]
-    state.last_judged = ev["judged"]
-    record_round(state, cfg, rd, {
-        "round": 0, "train_rows": 0, "synthetic_rows_added": 0, "dropped": {}, "metrics": ev["metrics"],
-        "gate": decision.to_summary(), "parity": parity(ev["metrics"], service_metrics) if service_metrics else {},
-        "service": ev["service"], "durations_s": {"infer": inf["seconds"], "evaluate": ev["seconds"]},
-        "gate_reason": decision.reason, "judged_path": ev["judged"]["path"]}, ev["judged"])
+    durations: dict = {}
+    ev, inf = answer_and_judge(cfg, root, state, student, None, data.test, "rounds/round_00/", "round 0", durations)
+    val = None
+    if data.val_rows:
+        val, _ = answer_and_judge(cfg, root, state, student, None, data.val, "rounds/round_00/val_",
+                                  "round 0 validation", durations)
+    service_metrics = state.baselines.get(BASELINE_SERVICE)
+    state.baselines[BASELINE_BASE_STUDENT] = ev.metrics
+    state.last_val_judged = val.judged if val else None
+    record_round(state, cfg, root, data, RoundRecord(
+        round=0, train_rows=0, synthetic_rows_added=0, metrics=ev.metrics, val_metrics=val.metrics if val else {},
+        gate=decide(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric), service_metrics, ev.judged_share),
+        parity=parity(ev.metrics, service_metrics) if service_metrics else {}, service=ev.service,
+        durations_s={k: round(v, 2) for k, v in durations.items()}, evaluation=Evaluation.of(ev),
+        judged=ev.judged, answers=inf.answers, infer_stats=inf.stats))
 
 
-@flow(name="llamaduo-migrate", flow_run_name="migrate-{config.name}", persist_result=True, log_prints=True)
-def migrate(config: RunConfig, workdir: str) -> dict:
-    """Migrate one task from the service LLM to the student; returns where the results are."""
+@flow(name="llamaduo-migrate", flow_run_name="migrate-{config.name}", log_prints=True, **RESULT_OPTIONS)
+def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | None = None) -> dict:
+    """Migrate one task from the service LLM to the student; returns where the results are and
+    what this invocation did. Call `llamaduo.preflight.preflight` first (the CLI and
+    `migrate_config_file` do)."""
     log = get_run_logger()
-    cfg = config
-    rd = RunDir(workdir).mkdirs()
+    cfg, root = config, str(Path(workdir).resolve())
+    rd = RunDir(root).mkdirs()
+    from prefect.settings import get_current_settings
+
+    for f in quarantine_untrusted_results(get_current_settings().results.local_storage_path):
+        log.warning("removed an untrusted result record (not written by this tool): %s", f)
     if cfg.service.model == STANDIN_MODEL:
         log.warning("service LLM: %s — a demo stand-in, not a real teacher", STANDIN_LABEL)
-    base_model = resolve_student(cfg.student.model)
-    data = stage(prepare_data, rd.data / "test.jsonl")(cfg.data.model_dump(mode="json"),
-                                                          data_inputs_sha(cfg.data.path, cfg.data.test_path),
-                                                          str(rd.data))
-    log.info("coverage data: %d train rows, %d test rows", data["train_rows"], data["test_rows"])
-    state = LoopState(train_parts=[data["train"]], train_rows=data["train_rows"])
+    student, _ = run_stage(prepare_student, None, student_id=cfg.student.model)
+    if not Path(student.path).exists():  # the converted weights were removed since: convert again
+        student = prepare_student.with_options(refresh_cache=True)(student_id=cfg.student.model)
+    data, _ = run_stage(prepare_data, "data/test.jsonl", root=root, data=cfg.data,
+                        near_dup_threshold=cfg.curate.near_dup_threshold, out="data")
+    log.info("coverage data: %d train, %d validation, %d test rows (removed: %s)", data.train_rows, data.val_rows,
+             data.test_rows, data.removed or "none")
+    state = LoopState(train_parts=[data.train], train_rows=data.train_rows, spent=preflight_spend or ServiceStats(),
+                      preflight=preflight_spend or ServiceStats())
     try:
         if cfg.judge.service_baseline:
-            _service_baseline(cfg, rd, data, state)
+            _service_baseline(cfg, root, data, state)
         if cfg.gate.baseline:
-            _base_student(cfg, rd, base_model, data, state)
-    except BudgetExhausted:
-        state.stop_reason = STOP_BUDGET
+            _base_student(cfg, root, student, data, state)
+    except StopLoop as stop:
+        log.warning("stopping: %s", stop)
+        state.stop(stop.reason, stop.detail)
     if state.stop_reason is None:
-        state = migration_round(cfg, str(rd.root), base_model, data, 1,
-                                                                         state)
+        state = migration_round(cfg, root, student, data, 1, state)
     best = best_round(state.rounds, cfg.gate.metric)
     passed = state.stop_reason == STOP_PASSED
-    final_dir = None
+    final_dir, check = None, None
     if best is not None:
-        summary = summary_for(state, cfg, passed=passed, final_model_dir=str(rd.export))
-        card = model_card(cfg.name, summary, best, cfg.student.model, cfg.service.model,
-                          STANDIN_LABEL if cfg.service.model == STANDIN_MODEL else "service LLM")
-        stage(export, rd.export)(base_model, cfg.student.model, best["adapter"], card,
-                                                 str(rd.export))
-        final_dir = str(rd.export)
-    summary = summary_for(state, cfg, passed=passed, final_model_dir=final_dir)
-    write_summary(rd, summary)
+        label = STANDIN_LABEL if cfg.service.model == STANDIN_MODEL else "service LLM"
+        exp, _ = run_stage(export, "final_model", root=root, student=student, best=best,
+                           summary=summary_for(state, cfg, data, passed=passed, exported=best), teacher_label=label,
+                           infer_cfg=cfg.infer, system_prompt=cfg.student.system_prompt, test=data.test,
+                           answers=best.answers, out="final_model")
+        final_dir, check = str(rd.export), exp.check
+        if check.get("reproduces") is False:
+            log.warning("the exported weights did not reproduce %d of %d evaluated answers",
+                        check["checked"] - check["matched"], check["checked"])
+    write_summary(rd, summary_for(state, cfg, data, passed=passed, final_model_dir=final_dir, exported=best,
+                                  export_check=check))
     log.info("done: passed=%s stop_reason=%s rounds=%d", passed, state.stop_reason,
-             len([r for r in state.rounds if r["round"] >= 1]))
+             len([r for r in state.rounds if r.round >= 1]))
     return {"summary_path": str(rd.summary), "passed": passed, "stop_reason": state.stop_reason,
-            "final_model_dir": final_dir}
+            "stop_detail": state.stop_detail, "final_model_dir": final_dir,
+            "exported_round": best.round if best else None,
+            "invocation": state.invocation.model_dump()}
 
 
-@flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", persist_result=True, result_serializer="json",
-      log_prints=True)
+@flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", log_prints=True, **RESULT_OPTIONS)
 def migrate_config_file(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None,
                         workdir: str | None = None) -> dict:
     """Deployment entry point, for the Prefect UI form and API triggers.
+
+    Runs the same preflight as the CLI (data, templates, keys, prices, the student, one real
+    call to the service and to the judge) before anything is spent.
 
     Args:
         config_path: YAML config, relative to the project directory or absolute.
         overrides: `dotted.key=value` overrides, e.g. `gate.threshold=80`.
         workdir: run directory (default `runs/<name>`); the result names its summary.json.
     """
-    from pathlib import Path
-
     from llamaduo.config import load_config
+    from llamaduo.preflight import preflight
 
     cfg = load_config(config_path, overrides or [])
-    return migrate(cfg, workdir or str(Path("runs") / cfg.name))
+    workdir = workdir or str(Path("runs") / cfg.name)
+    pf = preflight(cfg, Path(workdir))
+    for w in pf.warnings:
+        get_run_logger().warning(w)
+    return migrate(cfg, workdir, pf.probe)

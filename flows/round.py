@@ -1,8 +1,8 @@
 """One fine-tuning round as a subflow that calls itself for the next round.
 
 synthesize → curate (waves until `synth.rows_per_round` rows survive) → build the
-training set → finetune → infer → evaluate → gate. Decisions are library functions;
-this module only orchestrates.
+training set → finetune → infer + judge (test; validation when there is one) → gate.
+Decisions are library functions; this module only orchestrates.
 """
 
 from __future__ import annotations
@@ -13,100 +13,98 @@ from collections import Counter
 from prefect import flow, get_run_logger
 
 from llamaduo.config import RunConfig
-from llamaduo.errors import BudgetExhausted
-from llamaduo.gate import STOP_BUDGET, decide, stop_reason
+from llamaduo.curate import DROP_SERVICE_FAILED
+from llamaduo.gate import decide, selection_value, stop_reason
 from llamaduo.judge import parity
-from llamaduo.service import ServiceStats, budget_left
-from llamaduo.store import RunDir
-from tasks._policy import stage
-from tasks.evaluate import evaluate, infer
-from tasks.synth import build_training_set, curate_candidates, synthesize
+from llamaduo.metrics import BASELINE_SERVICE
+from llamaduo.records import Artifact, Evaluation, RoundRecord, ServiceStats, SplitResult, StudentRef
+from llamaduo.service import budget_left
+from tasks._policy import run_stage
+from tasks._results import RESULT_OPTIONS
+from tasks.synth import curate, synthesize, training_set
 from tasks.train import finetune
 
-from .state import LoopState, record_round
+from .stages import answer_and_judge, service_stage
+from .state import LoopState, StopLoop, record_round
 
 
-def _synthesize_round(cfg: RunConfig, rd: RunDir, data: dict, round_no: int, state: LoopState, service: ServiceStats,
-                      durations: Counter) -> tuple[list[dict], Counter]:
+def _synthesize_round(cfg: RunConfig, root: str, data: SplitResult, round_no: int, state: LoopState,
+                      durations: Counter) -> tuple[list[Artifact], Counter]:
     """Request waves until enough rows survive curation (or waves run out)."""
-    rdir = rd.round(round_no)
-    kept_parts: list[dict] = []
+    rdir = f"rounds/round_{round_no:02d}"
+    kept_parts: list[Artifact] = []
     dropped: Counter = Counter()
     need = cfg.synth.rows_per_round
     for wave in range(cfg.synth.max_waves):
         n_requests = math.ceil(need / cfg.synth.pairs_per_request)
-        cand_path = str(rdir / f"candidates_w{wave}.jsonl")
-        spent = state.spent_with(service)
-        s = stage(synthesize, cand_path)(cfg.model_dump(mode="json"), data["train"], round_no, wave, n_requests,
-                                         state.seed_offset, spent, str(rd.service_cache), cand_path,
-                                         state.last_judged)
-        state.seed_offset += n_requests
-        service.add(s["service"])
-        durations["synthesize"] += s["seconds"]
-        dropped.update({"service_failed": len(s["failures"])} if s["failures"] else {})
-        curated_path = str(rdir / f"curated_w{wave}.jsonl")
-        c = stage(curate_candidates, curated_path)(s["candidates"], state.train_parts + kept_parts, data["test"],
-                                                   cfg.curate.model_dump(mode="json"), need, curated_path)
-        durations["curate"] += c["seconds"]
-        dropped.update(c["dropped"])
-        kept_parts.append(c["kept"])
-        need -= c["kept_rows"]
+        cand = f"{rdir}/candidates_w{wave}.jsonl"
+        s = service_stage(state, synthesize, cand, root=root, synth=cfg.synth, endpoint=cfg.service_endpoint(),
+                          limits=cfg.service, budget=cfg.budget, train=data.train, round_no=round_no, wave=wave,
+                          n_requests=n_requests, seed_offset=state.seed_offset, split_seed=cfg.data.split_seed,
+                          val_judged=state.last_val_judged, out=cand)
+        state.seed_offset = s.next_seed_offset
+        durations["synthesize"] += s.seconds
+        if s.failed_requests:
+            dropped[DROP_SERVICE_FAILED] += s.failed_requests
+        curated = f"{rdir}/curated_w{wave}.jsonl"
+        c, _ = run_stage(curate, curated, root=root, curate_cfg=cfg.curate, candidates=s.candidates,
+                         existing=state.train_parts + kept_parts, test=data.test, limit=need, out=curated)
+        durations["curate"] += c.seconds
+        dropped.update(c.dropped)
+        kept_parts.append(c.kept)
+        need -= c.kept_rows
         if need <= 0:
             break
     return kept_parts, dropped
 
 
-@flow(name="migration-round", flow_run_name="round-{round_no}", persist_result=True, log_prints=True)
-def migration_round(cfg: RunConfig, workdir: str, base_model: str, data: dict, round_no: int, state: LoopState
-                    ) -> LoopState:
+@flow(name="migration-round", flow_run_name="round-{round_no}", log_prints=True, **RESULT_OPTIONS)
+def migration_round(cfg: RunConfig, workdir: str, student: StudentRef, data: SplitResult, round_no: int,
+                    state: LoopState) -> LoopState:
     log = get_run_logger()
-    rd = RunDir(workdir)
-    rdir = rd.round(round_no)
-    service, durations = ServiceStats(), Counter()
+    rdir = f"rounds/round_{round_no:02d}"
+    durations: Counter = Counter()
+    spent_before = state.spent
     log.info("round %d: training on %d rows so far, adding %d synthetic rows", round_no,
              state.train_rows, cfg.synth.rows_per_round)
     try:
-        kept_parts, dropped = _synthesize_round(cfg, rd, data, round_no, state, service, durations)
-        ts = stage(build_training_set, rdir / "train.jsonl")(state.train_parts + kept_parts, dict(dropped),
-                                                             round_no, str(rdir / "train.jsonl"))
-        ft = stage(finetune, rdir / "adapter")(cfg.train.model_dump(mode="json"), base_model, cfg.student.model,
-                                               ts["train"], cfg.student.system_prompt, str(rdir / "adapter"))
-        durations["finetune"] += ft["seconds"]
-        inf = stage(infer, rdir / "answers.jsonl")(cfg.infer.model_dump(mode="json"), base_model,
-                                                   cfg.student.model, ft["adapter"], data["test"],
-                                                   cfg.student.system_prompt, str(rdir / "answers.jsonl"))
-        durations["infer"] += inf["seconds"]
-        spent = state.spent_with(service)
-        ev = stage(evaluate, rdir / "judged.jsonl")(cfg.model_dump(mode="json"), data["test"], inf["answers"],
-                                                    round_no, spent, str(rd.service_cache),
-                                                    str(rdir / "judged.jsonl"))
-        service.add(ev["service"])
-        durations["evaluate"] += ev["seconds"]
-    except BudgetExhausted as exc:
-        log.warning("stopping: %s", exc)
-        state.charge(service)
-        state.stop_reason = STOP_BUDGET
-        return state
-    service_metrics = state.baselines.get("service LLM")
-    decision = decide(ev["metrics"], cfg.gate, ev["items"], service_metrics)
+        kept_parts, dropped = _synthesize_round(cfg, workdir, data, round_no, state, durations)
+        ts, _ = run_stage(training_set, f"{rdir}/train.jsonl", root=workdir, parts=state.train_parts + kept_parts,
+                          dropped=dict(dropped), round_no=round_no, out=f"{rdir}/train.jsonl")
+        ft, fresh = run_stage(finetune, f"{rdir}/adapter", root=workdir, train=cfg.train, student=student,
+                              system_prompt=cfg.student.system_prompt, training_set=ts.train, out=f"{rdir}/adapter")
+        if fresh:
+            state.invocation.training_steps += int(ft.stats.get("steps", 0))
+        durations["finetune"] += ft.seconds
+        ev, inf = answer_and_judge(cfg, workdir, state, student, ft.adapter, data.test, f"{rdir}/",
+                                   f"round {round_no}", durations)
+        val = None
+        if data.val_rows:
+            val, _ = answer_and_judge(cfg, workdir, state, student, ft.adapter, data.val, f"{rdir}/val_",
+                                      f"round {round_no} validation", durations)
+    except StopLoop as stop:
+        log.warning("stopping: %s", stop)
+        return state.stop(stop.reason, stop.detail)
+    service_metrics = state.baselines.get(BASELINE_SERVICE)
+    decision = decide(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric), service_metrics, ev.judged_share)
     state.train_parts = state.train_parts + kept_parts
-    state.charge(service)
-    record_round(state, cfg, rd, {
-        "round": round_no, "train_rows": ts["rows"], "synthetic_rows_added": ts["rows"] - state.train_rows,
-        "dropped": dict(dropped), "metrics": ev["metrics"], "gate": decision.to_summary(),
-        "parity": parity(ev["metrics"], service_metrics) if service_metrics else {},
-        "service": service.to_dict(), "durations_s": {k: round(v, 2) for k, v in durations.items()},
-        "gate_reason": decision.reason, "adapter": ft["adapter"], "train_stats": ft["stats"],
-        "infer_stats": inf["stats"], "judged_path": ev["judged"]["path"],
-    }, ev["judged"])
-    state.train_rows = ts["rows"]
-    state.last_judged = ev["judged"]
+    record_round(state, cfg, workdir, data, RoundRecord(
+        round=round_no, train_rows=ts.rows, synthetic_rows_added=ts.rows - state.train_rows, dropped=dict(dropped),
+        metrics=ev.metrics, val_metrics=val.metrics if val else {}, gate=decision,
+        service=_round_spend(state.spent, spent_before), durations_s={k: round(v, 2) for k, v in durations.items()},
+        evaluation=Evaluation.of(ev), parity=parity(ev.metrics, service_metrics) if service_metrics else {},
+        adapter=ft.adapter, judged=ev.judged, answers=inf.answers, train_stats=ft.stats, infer_stats=inf.stats))
+    state.train_rows = ts.rows
+    state.last_val_judged = val.judged if val else None
     log.info("round %d gate: %s -> %s", round_no, decision.reason, "PASS" if decision.passed else "fail")
-    history = [r["metrics"].get(cfg.gate.metric) or 0.0 for r in sorted(state.rounds, key=lambda r: r["round"])
-               if r["round"] >= 1]
+    history = [selection_value(r, cfg.gate.metric) or 0.0 for r in sorted(state.rounds, key=lambda r: r.round)
+               if r.round >= 1]
     reason = stop_reason(decision, round_no, cfg.gate.max_rounds, budget_left(state.spent, cfg.budget), history,
                          cfg.gate)
     if reason is not None:
-        state.stop_reason = reason
-        return state
-    return migration_round(cfg, workdir, base_model, data, round_no + 1, state)
+        return state.stop(reason)
+    return migration_round(cfg, workdir, student, data, round_no + 1, state)
+
+
+def _round_spend(after: ServiceStats, before: ServiceStats) -> ServiceStats:
+    return ServiceStats(**{k: round(getattr(after, k) - getattr(before, k), 6) for k in ServiceStats.model_fields})

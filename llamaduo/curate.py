@@ -12,8 +12,13 @@ from collections import Counter
 
 from datasketch import MinHash, MinHashLSH
 
+import time
+from pathlib import Path
+
 from .config import CurateConfig
+from .records import Artifact, CurateResult
 from .similarity import ngrams, normalize, words
+from .store import atomic_write_jsonl, read_jsonl
 
 DROP_INVALID = "invalid"
 DROP_TRUNCATED = "truncated"
@@ -25,10 +30,20 @@ DROP_DUPLICATE = "duplicate"
 DROP_NEAR_DUPLICATE = "near_duplicate"
 DROP_TEST_OVERLAP = "test_overlap"
 DROP_TEST_NEAR_DUPLICATE = "test_near_duplicate"
+DROP_SURPLUS = "surplus"  # more rows survived than the round asked for
+DROP_SERVICE_FAILED = "service_failed"  # a synthesis request that produced nothing
 
-_REFUSAL = re.compile(r"^\W*(i'?m sorry|i am sorry|sorry,|i can(?:no|')t|i cannot|i'm unable|i am unable|"
-                      r"as an ai\b|as a language model|i won'?t be able)", re.IGNORECASE)
-_DANGLING = re.compile(r"(,|:|;|\(|-|\b(and|or|the|a|an|to|of|with|because))\s*$", re.IGNORECASE)
+# A refusal declines the task; an apology that goes on to help ("I'm sorry to hear that, try ...")
+# is a complete answer and stays.
+_REFUSAL = re.compile(
+    r"^\W*(?:(?:i'?m|i am|sorry)[^.!?\n]{0,20}?,?\s*(?:but\s+)?(?:i|as an ai)[^.!?\n]{0,30}?"
+    r"\b(?:can'?t|cannot|won'?t|unable to|not able to)\b"
+    r"|i\s+(?:can'?t|cannot|won'?t be able to|am unable to|'m unable to)\s+"
+    r"(?:help|assist|provide|comply|do that|answer|fulfil|fulfill|create|write|generate)"
+    r"|as an ai\b[^.!?\n]{0,60}?\b(?:can'?t|cannot|don'?t|do not|unable))", re.IGNORECASE)
+# Prose that stops mid-sentence. Code legitimately ends in `;`, `)`, `}` or `:`, so only a
+# trailing comma or a connective word counts.
+_DANGLING = re.compile(r"(?:,|\b(?:and|or|the|an|to|of|with|because))\s*$", re.IGNORECASE)
 MIN_SEGMENT = 5  # shorter leftovers ("billing", "thanks a lot") are not evidence of leakage
 
 
@@ -39,11 +54,11 @@ def quality_issue(row: dict, cfg: CurateConfig) -> str | None:
             or not resp.strip():
         return DROP_INVALID
     instr, resp = instr.strip(), resp.strip()
-    if resp.count("```") % 2 == 1 or _DANGLING.search(resp):
+    if cfg.drop_truncated and (resp.count("```") % 2 == 1 or _DANGLING.search(resp)):
         return DROP_TRUNCATED
-    if len(instr) < cfg.min_instruction_chars or len(resp) < cfg.min_response_chars:
+    if cfg.drop_length and (len(instr) < cfg.min_instruction_chars or len(resp) < cfg.min_response_chars):
         return DROP_TOO_SHORT
-    if len(instr) > cfg.max_instruction_chars or len(resp) > cfg.max_response_chars:
+    if cfg.drop_length and (len(instr) > cfg.max_instruction_chars or len(resp) > cfg.max_response_chars):
         return DROP_TOO_LONG
     if cfg.drop_refusals and _REFUSAL.search(resp):
         return DROP_REFUSAL
@@ -188,3 +203,57 @@ def curate(candidates: list[dict], existing: list[dict], test: list[dict], cfg: 
 
 def drop_counts(dropped: list[dict]) -> dict[str, int]:
     return dict(Counter(r["drop_reason"] for r in dropped))
+
+
+def curate_wave(root: str | Path, cfg: CurateConfig, candidates: Artifact, existing: list[Artifact],
+                test: Artifact, limit: int, out: str) -> CurateResult:
+    """Curate one wave's candidates against everything already trained on and the test split;
+    keep at most `limit` rows (the rest are `surplus`). Writes `out` and its `.dropped.jsonl`."""
+    t0 = time.time()
+    root = Path(root)
+    existing_rows = [r for a in existing for r in read_jsonl(a.at(root))]
+    kept, dropped = curate(read_jsonl(candidates.at(root)), existing_rows, read_jsonl(test.at(root)), cfg)
+    dropped += [{**r, "drop_reason": DROP_SURPLUS} for r in kept[limit:]]
+    kept = kept[:limit]
+    atomic_write_jsonl(root / out.replace(".jsonl", ".dropped.jsonl"), dropped)
+    atomic_write_jsonl(root / out, kept)
+    return CurateResult(kept=Artifact.of(root, out), kept_rows=len(kept), dropped=drop_counts(dropped),
+                        seconds=round(time.time() - t0, 3))
+
+
+# -- coverage data (before the split) ----------------------------------------------------------
+def _pair_minhash(instruction: str, response: str, threshold: float) -> MinHash:
+    cfg = CurateConfig(near_dup_threshold=threshold)
+    return minhash(f"{instruction}\n{response}", cfg)
+
+
+def collapse_duplicates(examples: list, threshold: float) -> tuple[list, dict[str, int]]:
+    """Keep the first of rows with the same normalised instruction (`duplicate`) or a MinHash
+    near-duplicate instruction+response (`near_duplicate`). `examples` are data.Example."""
+    seen: set[str] = set()
+    lsh = MinHashLSH(threshold=threshold, num_perm=CurateConfig().num_perm)
+    kept, counts = [], Counter()
+    for i, e in enumerate(examples):
+        key = normalize(e.instruction)
+        if key in seen:
+            counts[DROP_DUPLICATE] += 1
+            continue
+        m = _pair_minhash(e.instruction, e.response, threshold)
+        if lsh.query(m):
+            counts[DROP_NEAR_DUPLICATE] += 1
+            continue
+        seen.add(key)
+        lsh.insert(f"c{i}", m)
+        kept.append(e)
+    return kept, dict(counts)
+
+
+def overlapping_test(train: list, test: list, threshold: float) -> tuple[list, int]:
+    """Train rows that copy (normalised instruction) or nearly copy a test item are removed."""
+    test_keys = {normalize(t.instruction) for t in test}
+    lsh = MinHashLSH(threshold=threshold, num_perm=CurateConfig().num_perm)
+    for i, t in enumerate(test):
+        lsh.insert(f"t{i}", _pair_minhash(t.instruction, t.response, threshold))
+    kept = [e for e in train if normalize(e.instruction) not in test_keys
+            and not lsh.query(_pair_minhash(e.instruction, e.response, threshold))]
+    return kept, len(train) - len(kept)

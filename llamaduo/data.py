@@ -7,14 +7,19 @@ A row is either `messages` (user/assistant, optional system) or `instruction` +
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import InputError
 from .store import sha256_text
+
+if TYPE_CHECKING:
+    from .config import DataConfig
+    from .records import SplitResult
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,12 @@ def example_id(instruction: str, response: str) -> str:
 def _iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line_or_row_number, raw_row). Numbers are 1-based as an editor shows them."""
     if path.is_dir():
-        from datasets import load_from_disk
+        try:
+            from datasets import load_from_disk
 
-        ds = load_from_disk(str(path))
+            ds = load_from_disk(str(path))
+        except Exception as exc:  # noqa: BLE001 - any folder `datasets` cannot read
+            raise InputError(f"not a `datasets` directory ({type(exc).__name__})", file=str(path)) from None
         if hasattr(ds, "keys"):  # DatasetDict: take 'train' or the only split
             ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
         for i, row in enumerate(ds, start=1):
@@ -52,8 +60,9 @@ def _iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
         return
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                line = _decode(raw, path, lineno)
                 if not line.strip():
                     continue
                 try:
@@ -61,23 +70,44 @@ def _iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 except json.JSONDecodeError as exc:
                     raise InputError(f"invalid JSON ({exc.msg})", file=str(path), line=lineno) from None
     elif suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        text = _decode(path.read_bytes(), path, None)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON ({exc.msg})", file=str(path), line=exc.lineno) from None
         if not isinstance(rows, list):
             raise InputError("a .json dataset must be a list of rows", file=str(path))
         yield from enumerate(rows, start=1)
     elif suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            # Row numbers count the header as line 1, as a spreadsheet shows them.
-            for rowno, row in enumerate(csv.DictReader(fh), start=2):
+        data = path.read_bytes()
+        text = _decode(data, path, None, bom_ok=True)
+        # Row numbers count the header as line 1, as a spreadsheet shows them.
+        try:
+            for rowno, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
                 yield rowno, row
+        except csv.Error as exc:
+            raise InputError(f"invalid CSV ({exc})", file=str(path)) from None
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield i, row
+            table = pq.read_table(path).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - corrupt or not parquet
+            raise InputError(f"unreadable parquet file ({type(exc).__name__})", file=str(path)) from None
+        yield from enumerate(table, start=1)
     else:
         raise InputError(f"unsupported data format {suffix!r} (use .jsonl, .json, .csv, .parquet or a datasets dir)",
                          file=str(path))
+
+
+def _decode(raw: bytes, path: Path, line: int | None, *, bom_ok: bool = False) -> str:
+    """UTF-8 only (a BOM is accepted); other encodings are an error naming the line."""
+    try:
+        return raw.decode("utf-8-sig" if bom_ok or line in (None, 1) else "utf-8")
+    except UnicodeDecodeError as exc:
+        if line is None:
+            line = raw[:exc.start].count(b"\n") + 1
+        raise InputError("not UTF-8 text (re-save the file as UTF-8)", file=str(path), line=line) from None
 
 
 def _text(value: Any, *, file: str, line: int, field: str) -> str:
@@ -125,19 +155,31 @@ def parse_row(raw: Any, *, file: str, line: int) -> Example:
                    category=category.strip() if category else None, system=system)
 
 
-def load_examples(path: str | Path) -> list[Example]:
+def load_examples(path: str | Path, *, max_chars: int | None = None) -> list[Example]:
     path = Path(path)
     if not path.exists():
         raise InputError("data file not found", file=str(path))
-    rows = [parse_row(raw, file=str(path), line=line) for line, raw in _iter_raw_rows(path)]
+    rows = []
+    for line, raw in _iter_raw_rows(path):
+        ex = parse_row(raw, file=str(path), line=line)
+        if max_chars is not None:
+            for name in ("instruction", "response"):
+                if len(getattr(ex, name)) > max_chars:
+                    raise InputError(f"{len(getattr(ex, name))} characters is over data.max_row_chars ({max_chars})",
+                                     file=str(path), line=line, field=name)
+        rows.append(ex)
     if not rows:
         raise InputError("dataset is empty", file=str(path))
     return rows
 
 
+def _count(size: float, n: int) -> int:
+    return int(size) if size >= 1 else round(n * size)
+
+
 def split_examples(examples: list[Example], test_size: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Deterministic split: same rows + size + seed give the same split on any machine."""
-    n_test = int(test_size) if test_size >= 1 else max(1, round(len(examples) * test_size))
+    n_test = max(1, _count(test_size, len(examples)))
     if n_test >= len(examples):
         raise InputError(f"test_size {test_size} leaves no training rows ({len(examples)} rows)",
                          field="data.test_size")
@@ -149,17 +191,63 @@ def split_examples(examples: list[Example], test_size: float, seed: int) -> tupl
     return train, test
 
 
-def load_coverage(path: str, test_path: str | None, test_size: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Train and test splits; with `test_path`, test rows found in `path` are dropped from train."""
-    examples = load_examples(path)
-    if test_path:
-        test = load_examples(test_path)
-        test_keys = {e.instruction for e in test}
-        train = [e for e in examples if e.instruction not in test_keys]
-        if not train:
-            raise InputError("no training rows left after removing test rows", file=str(path))
-        return train, test
-    return split_examples(examples, test_size, seed)
+@dataclass
+class Splits:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    removed: dict[str, int]
+
+
+def load_coverage(data: "DataConfig", near_dup_threshold: float = 0.8) -> Splits:
+    """Train, validation and test splits of clean evaluation data.
+
+    Exact, normalised and near-duplicate coverage rows are collapsed *before* the split (a
+    duplicate on both sides would put test answers into training); train rows that copy or
+    nearly copy a test item are then removed from train, also with a separate `test_path`.
+    The validation split is carved from train (adaptive choices learn from it)."""
+    from .curate import collapse_duplicates, overlapping_test
+
+    examples = load_examples(data.path, max_chars=data.max_row_chars)
+    removed: dict[str, int] = {}
+    examples, dups = collapse_duplicates(examples, near_dup_threshold)
+    removed.update({k: v for k, v in dups.items() if v})
+    if data.test_path:
+        test, test_dups = collapse_duplicates(load_examples(data.test_path, max_chars=data.max_row_chars),
+                                              near_dup_threshold)
+        removed.update({f"test_{k}": v for k, v in test_dups.items() if v})
+        train = examples
+    else:
+        train, test = split_examples(examples, data.test_size, data.split_seed)
+    train, overlap = overlapping_test(train, test, near_dup_threshold)
+    if overlap:
+        removed["test_overlap"] = overlap
+    if not train:
+        raise InputError("no training rows left after removing copies of test rows", file=data.path)
+    val: list[Example] = []
+    n_val = _count(data.val_size, len(train)) if data.val_size else 0
+    if n_val:
+        if n_val >= len(train):
+            raise InputError(f"val_size {data.val_size} leaves no training rows ({len(train)} rows)",
+                             field="data.val_size")
+        train, val = split_examples(train, n_val, data.split_seed + 1)
+    return Splits(train, val, test, removed)
+
+
+def prepare_splits(root: str | Path, data: "DataConfig", near_dup_threshold: float, out_dir: str = "data"
+                   ) -> "SplitResult":
+    from .records import Artifact, SplitResult
+    from .store import atomic_write_jsonl
+
+    s = load_coverage(data, near_dup_threshold)
+    root = Path(root)
+    arts = {}
+    for name, rows in (("train", s.train), ("val", s.val), ("test", s.test)):
+        rel = f"{out_dir}/{name}.jsonl"
+        atomic_write_jsonl(root / rel, [e.to_dict() for e in rows])
+        arts[name] = Artifact.of(root, rel)
+    return SplitResult(**arts, train_rows=len(s.train), val_rows=len(s.val), test_rows=len(s.test),
+                       removed=s.removed)
 
 
 def to_chat(example: Example, system_prompt: str | None = None) -> dict:

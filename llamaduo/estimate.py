@@ -1,4 +1,6 @@
-"""Before anything is spent: calls, tokens and cost per round (printed by `llamaduo validate`)."""
+"""Before anything is spent: calls, tokens and cost per round and for the whole run (printed by
+`llamaduo validate`). Counts waves, judge repeats, sampled answers, the validation split and
+the baselines, priced per endpoint (service and judge may differ)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from statistics import mean
 
 from .config import RunConfig
 from .data import Example
-from .service import estimate_cost_usd
+from .judge import JUDGE_MAX_TOKENS
+from .service import price_usd
 from .templates import judge_template, synth_template
 
 JUDGE_REPLY_TOKENS = 120  # two scores with short reasons
@@ -17,21 +20,45 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4)  # ~4 characters per token for English text
 
 
-def round_estimate(cfg: RunConfig, train: list[Example], test: list[Example]) -> dict:
-    seed = train[0]
+def _cost(endpoint, prompt: int, completion: int) -> float | None:
+    return price_usd(endpoint, prompt, completion)
+
+
+def run_estimate(cfg: RunConfig, train: list[Example], val: list[Example], test: list[Example]) -> dict:
+    seed, item = train[0], test[0]
     pair_tokens = mean(_tokens(e.instruction) + _tokens(e.response) for e in train) + 10
     synth_calls = math.ceil(cfg.synth.rows_per_round / cfg.synth.pairs_per_request)
     synth_prompt = _tokens(synth_template(cfg.synth.prompt_template).render(
         instruction=seed.instruction, response=seed.response, topic=seed.category or "", n=cfg.synth.pairs_per_request))
     synth_completion = int(pair_tokens * cfg.synth.pairs_per_request)
-    judge_calls = len(test) * cfg.judge.repeats
-    item = test[0]
+    per_eval = cfg.infer.samples_per_prompt * cfg.judge.repeats
+    judge_calls = (len(test) + len(val)) * per_eval
     judge_prompt = _tokens(judge_template(cfg.judge.prompt_template).render(
         instruction=item.instruction, reference=item.response, candidate=item.response))
-    synth_cost = estimate_cost_usd(cfg.service.model, synth_calls * synth_prompt, synth_calls * synth_completion)
-    judge_cost = estimate_cost_usd(cfg.judge_model, judge_calls * judge_prompt, judge_calls * JUDGE_REPLY_TOKENS)
-    cost = None if synth_cost is None or judge_cost is None else synth_cost + judge_cost
-    return {"synth_calls": synth_calls, "judge_calls": judge_calls, "calls": synth_calls + judge_calls,
+    judge_completion = min(JUDGE_REPLY_TOKENS, JUDGE_MAX_TOKENS)
+    base_calls = (len(test) + len(val)) * per_eval if cfg.gate.baseline else 0
+    service_baseline_calls = len(test) * (1 + cfg.judge.repeats) if cfg.judge.service_baseline else 0
+    synth_cost = _cost(cfg.service_endpoint(), synth_calls * synth_prompt, synth_calls * synth_completion)
+    judge_cost = _cost(cfg.judge_endpoint(), judge_calls * judge_prompt, judge_calls * judge_completion)
+    extra_cost = _cost(cfg.judge_endpoint(), (base_calls + service_baseline_calls) * judge_prompt,
+                       (base_calls + service_baseline_calls) * judge_completion)
+    known = None not in (synth_cost, judge_cost, extra_cost)
+    per_round = (synth_cost + judge_cost) if known else None
+    rounds = cfg.gate.max_rounds
+    worst_synth = synth_calls * cfg.synth.max_waves
+    return {"synth_calls": synth_calls, "synth_calls_max": worst_synth, "judge_calls": judge_calls,
+            "calls": synth_calls + judge_calls, "baseline_calls": base_calls + service_baseline_calls,
             "prompt_tokens": synth_calls * synth_prompt + judge_calls * judge_prompt,
-            "completion_tokens": synth_calls * synth_completion + judge_calls * JUDGE_REPLY_TOKENS,
-            "cost_usd": cost}
+            "completion_tokens": synth_calls * synth_completion + judge_calls * judge_completion,
+            "cost_usd": per_round,
+            "run_calls_max": (worst_synth + judge_calls) * rounds + base_calls + service_baseline_calls,
+            "run_cost_usd_max": (synth_cost * cfg.synth.max_waves + judge_cost) * rounds + extra_cost
+            if known else None}
+
+
+def warnings_for(cfg: RunConfig) -> list[str]:
+    out = []
+    if cfg.judge.repeats > 1 and cfg.judge.temperature == 0:
+        out.append(f"judge.repeats is {cfg.judge.repeats} at judge.temperature 0: repeats will mostly agree and "
+                   "cost as much as independent judgements (set a temperature > 0, or repeats: 1)")
+    return out

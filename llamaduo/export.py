@@ -1,67 +1,102 @@
-"""Export: adapter + merged safetensors + a model card with scores and lineage."""
+"""Export: adapter + merged safetensors + a model card with scores, verdict and lineage.
+
+The exported round is the best round that passed its gate (or, when none passed, the best
+round, labelled "did not pass"). After merging, a few test items are answered again from
+the exported weights (greedy) and compared with the answers that were evaluated.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
+import time
 from pathlib import Path
 
-from .store import atomic_write_text, replace_dir
+from .config import InferConfig
+from .metrics import METRIC_NAMES
+from .records import Artifact, ExportResult, RoundRecord, StudentRef, Summary
+from .store import atomic_write_text, read_jsonl, staged_dir
+
+CHECK_ITEMS = 3
 
 
-def export_model(base_model: str, adapter_dir: str, dest: str | Path, card: str) -> Path:
+def check_reproduces(model_dir: Path, items: list[dict], expected: dict[str, str], infer: InferConfig,
+                     system_prompt: str | None) -> dict:
+    """Greedy answers of the exported merged model vs the evaluated answers (same prompts)."""
+    from .infer import generate_answers
+
+    answers, _ = generate_answers(str(model_dir), None, items, system_prompt=system_prompt,
+                                  max_new_tokens=infer.max_new_tokens, batch_size=infer.batch_size, samples=1,
+                                  progress=False)
+    matched = sum(a[0] == expected.get(it["id"]) for it, a in zip(items, answers))
+    return {"checked": len(items), "matched": matched, "reproduces": matched == len(items)}
+
+
+def export_model(root: str | Path, student: StudentRef, best: RoundRecord, card_for, infer: InferConfig,
+                 system_prompt: str | None, test: Artifact, answers: Artifact | None, out: str) -> ExportResult:
+    """`card_for(check)` renders the model card once the reproduction check is known."""
     from .infer import load_student
     from .models import load_tokenizer
 
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
-        model = load_student(base_model, adapter_dir).to("cpu")
+    t0 = time.time()
+    root = Path(root)
+    adapter_dir = best.adapter.at(root)
+    with staged_dir(root / out) as tmp:
+        model = load_student(student.path, str(adapter_dir)).to("cpu")
         model.save_pretrained(tmp / "merged", safe_serialization=True)
-        load_tokenizer(adapter_dir).save_pretrained(tmp / "merged")
+        load_tokenizer(str(adapter_dir)).save_pretrained(tmp / "merged")
+        del model
         shutil.copytree(adapter_dir, tmp / "adapter")
-        atomic_write_text(tmp / "README.md", card)
-        return replace_dir(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        check = {"checked": 0, "matched": 0, "reproduces": None, "note": "sampled answers: not comparable"}
+        if answers is not None and infer.samples_per_prompt == 1:
+            items = read_jsonl(test.at(root))[:CHECK_ITEMS]
+            expected = {r["id"]: r["answer"] for r in read_jsonl(answers.at(root))}
+            check = check_reproduces(tmp / "merged", items, expected, infer, system_prompt)
+        atomic_write_text(tmp / "README.md", card_for(check))
+    return ExportResult(model=Artifact.of(root, out), check=check, seconds=round(time.time() - t0, 3))
 
 
-def model_card(name: str, summary: dict, best: dict | None, student: str, teacher: str, teacher_label: str) -> str:
-    lines = [f"# {name}: migrated student", "",
-             f"Student `{student}` fine-tuned with LoRA on data synthesized by `{teacher}` ({teacher_label}).", "",
-             f"- Gate passed: **{summary['passed']}** (stop reason: `{summary['stop_reason']}`)"]
+def model_card(summary: Summary, best: RoundRecord | None, teacher_label: str, check: dict | None = None) -> str:
+    verdict = "passed" if best is not None and best.gate.passed else "did not pass"
+    lines = [f"# {summary.name}: migrated student", "",
+             f"Student `{summary.student}` fine-tuned with LoRA on data synthesized by `{summary.teacher}` "
+             f"({teacher_label}).", "",
+             f"- Verdict for this model: **{verdict}** the evaluation gate "
+             f"(run stop reason: `{summary.stop_reason}`)"]
     if best:
-        g = best["gate"]
-        lines += [f"- Exported round: {best['round']} ({g['metric']} = {g['value']}, threshold {g['threshold']})",
-                  f"- Training rows: {best['train_rows']}", ""]
-    lines += ["## Rounds", "", "| round | train rows | synthetic added | " + " | ".join(_metric_cols(summary)) + " | gate |",
-              "|---" * (4 + len(_metric_cols(summary))) + "|"]
-    for r in summary["rounds"]:
-        vals = " | ".join(_fmt(r["metrics"].get(m)) for m in _metric_cols(summary))
-        lines.append(f"| {r['round']} | {r['train_rows']} | {r['synthetic_rows_added']} | {vals} | "
-                     f"{'pass' if r['gate']['passed'] else 'fail'} |")
-    if summary.get("baselines"):
-        lines += ["", "## Baselines (same test items, same judge)", "", "| baseline | " +
-                  " | ".join(_metric_cols(summary)) + " |", "|---" * (1 + len(_metric_cols(summary))) + "|"]
-        for name, m in summary["baselines"].items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in _metric_cols(summary)) + " |")
-    if best and best["gate"].get("criteria"):
+        g = best.gate
+        lines += [f"- Exported round: {best.round} ({g.metric} = {g.value}, threshold {g.threshold}; {g.reason})",
+                  f"- Training rows: {best.train_rows}"]
+    if check:
+        lines.append(f"- Reproduction check: {check.get('matched')}/{check.get('checked')} test answers re-generated "
+                     f"from `merged/` match the evaluated ones" + (f" ({check['note']})" if check.get("note") else ""))
+    cols = _metric_cols(summary)
+    lines += ["", "## Rounds", "", "| round | train rows | synthetic added | " + " | ".join(cols) + " | gate |",
+              "|---" * (4 + len(cols)) + "|"]
+    for r in summary.rounds:
+        vals = " | ".join(_fmt(r.metrics.get(m)) for m in cols)
+        lines.append(f"| {r.round} | {r.train_rows} | {r.synthetic_rows_added} | {vals} | "
+                     f"{'pass' if r.gate.passed else 'fail'} |")
+    if summary.baselines:
+        lines += ["", "## Baselines (same test items, same judge)", "", "| baseline | " + " | ".join(cols) + " |",
+                  "|---" * (1 + len(cols)) + "|"]
+        for name, m in summary.baselines.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |")
+    if best and best.gate.criteria:
         lines += ["", "## Gate criteria (exported round)", "", "| criterion | value | threshold | ok |",
                   "|---|---|---|---|"]
-        for c in best["gate"]["criteria"]:
-            lines.append(f"| {c['name']} | {_fmt(c['value'])} | {c['threshold']:g} | {'yes' if c['passed'] else 'no'} |")
+        for c in best.gate.criteria:
+            lines.append(f"| {c.name} | {_fmt(c.value)} | {c.threshold:g} | {'yes' if c.passed else 'no'} |")
     lines += ["", "## Layout", "", "- `merged/`: full model (safetensors) with tokenizer and chat template",
               "- `adapter/`: the LoRA adapter alone", "", "## Lineage", "", "```json",
-              json.dumps({"rounds": [{"round": r["round"], "dropped": r["dropped"], "service": r["service"]}
-                                     for r in summary["rounds"]]}, indent=1), "```", ""]
+              json.dumps({"data": summary.data.model_dump(),
+                          "rounds": [{"round": r.round, "dropped": r.dropped, "service": r.service.model_dump()}
+                                     for r in summary.rounds]}, indent=1), "```", ""]
     return "\n".join(lines)
 
 
-def _metric_cols(summary: dict) -> list[str]:
-    cols = ["judge_score", "judge_similarity", "judge_precision", "rougeL", "exact_match", "embedding_cosine"]
-    return [c for c in cols if any(c in r["metrics"] for r in summary["rounds"])]
+def _metric_cols(summary: Summary) -> list[str]:
+    return [c for c in METRIC_NAMES if c != "judge_spread" and any(c in r.metrics for r in summary.rounds)]
 
 
 def _fmt(v) -> str:

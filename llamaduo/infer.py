@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .data import Example, to_chat
+from .store import atomic_write_jsonl, read_jsonl
+
+if TYPE_CHECKING:
+    from .config import InferConfig
+    from .records import AnswersResult, Artifact, StudentRef
 
 
 def load_student(base_model: str, adapter_dir: str | None):
@@ -57,3 +64,20 @@ def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict]
     seconds = time.time() - t0
     return answers, {"items": len(items), "new_tokens": new_tokens, "seconds": round(seconds, 2),
                      "tokens_per_s": round(new_tokens / seconds, 1) if seconds else None}
+
+
+def answer_items(root: str | Path, infer: "InferConfig", student: "StudentRef", adapter: "Artifact | None",
+                 items: "Artifact", system_prompt: str | None, out: str, *, batch_size: int | None = None
+                 ) -> "AnswersResult":
+    """The student's answers to `items` (test or validation split), written to `out`."""
+    from .records import AnswersResult, Artifact
+
+    t0 = time.time()
+    root = Path(root)
+    rows = read_jsonl(items.at(root))
+    answers, stats = generate_answers(student.path, str(adapter.at(root)) if adapter else None, rows,
+                                      system_prompt=system_prompt, max_new_tokens=infer.max_new_tokens,
+                                      batch_size=batch_size or infer.batch_size, samples=infer.samples_per_prompt,
+                                      temperature=infer.temperature)
+    atomic_write_jsonl(root / out, [{"id": it["id"], "answer": a[0], "samples": a} for it, a in zip(rows, answers)])
+    return AnswersResult(answers=Artifact.of(root, out), stats=stats, seconds=round(time.time() - t0, 3))

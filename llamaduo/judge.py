@@ -8,30 +8,40 @@ excluded; they are never read as a score of 0.
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from statistics import mean
 
-from .service import Request, Result
+from .config import BudgetConfig, Endpoint, JudgeConfig, ServiceConfig
+from .metrics import METRICS
+from .parsing import JUDGE_SCHEMA, parse_judge_reply
+from .records import Artifact, EvalResult, ServiceStats
+from .service import Request, Result, ServiceClient, failing_reason
 from .similarity import normalize, rouge_l
 from .stats import aggregate_values, spread
-from .templates import PromptTemplate
+from .store import atomic_write_jsonl, read_jsonl
+from .templates import PromptTemplate, judge_template
 
-METRIC_NAMES = {"judge_score", "judge_similarity", "judge_precision", "rougeL", "exact_match", "embedding_cosine"}
-# per-item field that each gate metric is computed from
-ITEM_FIELD = {"judge_score": "score", "judge_similarity": "similarity", "judge_precision": "precision",
-              "rougeL": "rougeL", "exact_match": "exact_match", "embedding_cosine": "embedding_cosine"}
+JUDGE_MAX_TOKENS = 1024
 
 
 def build_judge_requests(items: list[dict], answers: list[list[str]], template: PromptTemplate, *, repeats: int,
                          temperature: float, max_tokens: int) -> list[Request]:
-    """One request per (item, sample, repeat), in that order."""
+    """One request per (item, sample, repeat), in that order. Repeat r is the same request
+    whatever `repeats` is, so raising repeats only pays for the new ones."""
     requests = []
     for item, samples in zip(items, answers):
         for answer in samples:
             prompt = template.render(instruction=item["instruction"], reference=item["response"], candidate=answer)
             for r in range(repeats):
                 requests.append(Request([{"role": "user", "content": prompt}], temperature=temperature,
-                                        max_tokens=max_tokens, variant={"repeat": r} if repeats > 1 else {}))
+                                        max_tokens=max_tokens, variant={"repeat": r}, schema=JUDGE_SCHEMA))
     return requests
+
+
+def request_keys(items: list[dict], answers: list[list[str]], repeats: int) -> list[str]:
+    """`item#sample#repeat` for each request of `build_judge_requests`, in the same order."""
+    return [f"{it['id']}#{k}#{r}" for it, s in zip(items, answers) for k in range(len(s)) for r in range(repeats)]
 
 
 def score_items(items: list[dict], answers: list[list[str]], results: list[Result], repeats: int, *,
@@ -40,19 +50,18 @@ def score_items(items: list[dict], answers: list[list[str]], results: list[Resul
     (spread of repeats), reference metrics, and failure counts."""
     scored, pos = [], 0
     for i, (item, samples) in enumerate(zip(items, answers)):
-        sims, precs, spreads, parse_fail, call_fail = [], [], [], 0, 0
+        sims, precs, spreads, parse_fail, call_fail, reasons = [], [], [], 0, 0, []
         for _ in samples:
             rs = results[pos:pos + repeats]
             pos += repeats
             good = [r.value for r in rs if r.ok]
             parse_fail += sum(1 for r in rs if r.kind == "parse")
-            call_fail += sum(1 for r in rs if r.kind in ("call", "budget"))
+            call_fail += sum(1 for r in rs if r.kind in ("call", "budget", "skipped"))
             if good:
-                s = aggregate_values([v["similarity"] for v in good], aggregate)
-                p = aggregate_values([v["precision"] for v in good], aggregate)
-                sims.append(s)
-                precs.append(p)
+                sims.append(aggregate_values([v["similarity"] for v in good], aggregate))
+                precs.append(aggregate_values([v["precision"] for v in good], aggregate))
                 spreads.append(spread([(v["similarity"] + v["precision"]) / 2 for v in good]))
+                reasons.append(good[0].get("reason", ""))
         row = {"id": item["id"], "instruction": item["instruction"], "reference": item["response"],
                "answer": samples[0], "samples": len(samples),
                "rougeL": mean(rouge_l(a, item["response"])["f"] if a.strip() else 0.0 for a in samples),
@@ -64,37 +73,85 @@ def score_items(items: list[dict], answers: list[list[str]], results: list[Resul
             row["similarity"], row["precision"] = mean(sims), mean(precs)
             row["score"] = (row["similarity"] + row["precision"]) / 2
             row["judge_spread"] = mean(spreads)
+            row["judge_reason"] = reasons[0]
         scored.append(row)
     return scored
 
 
 def aggregate(scored: list[dict]) -> dict[str, float]:
-    """Round metrics. Items the judge never scored are excluded from judge means (never read as 0)."""
-    judged = [s for s in scored if "score" in s]
-    metrics = {
-        "rougeL": mean(s["rougeL"] for s in scored) if scored else 0.0,
-        "exact_match": mean(s["exact_match"] for s in scored) if scored else 0.0,
-        "judged_items": float(len(judged)),
-        "judge_parse_failures": float(sum(s["judge_parse_failures"] for s in scored)),
-        "judge_call_failures": float(sum(s["judge_call_failures"] for s in scored)),
-    }
-    if scored and "embedding_cosine" in scored[0]:
-        metrics["embedding_cosine"] = mean(s["embedding_cosine"] for s in scored)
-    if judged:
-        metrics["judge_similarity"] = mean(s["similarity"] for s in judged)
-        metrics["judge_precision"] = mean(s["precision"] for s in judged)
-        metrics["judge_score"] = mean(s["score"] for s in judged)
-        metrics["judge_spread"] = mean(s["judge_spread"] for s in judged)
-    return {k: round(v, 4) for k, v in metrics.items()}
+    """Round metrics from the registry. Items the judge never scored are excluded from judge
+    means (never read as 0); a metric nobody has is absent."""
+    metrics = {}
+    for m in METRICS.values():
+        values = [s[m.item_field] for s in scored if m.item_field in s]
+        if values:
+            metrics[m.name] = round(mean(values), 4)
+    return metrics
+
+
+def per_item(scored: list[dict]) -> dict[str, list[float]]:
+    """Per-item values of every metric (items without it, e.g. unjudged, are left out)."""
+    return {m.name: [s[m.item_field] for s in scored if m.item_field in s] for m in METRICS.values()}
 
 
 def item_values(scored: list[dict], metric: str) -> list[float]:
-    """Per-item values of a gate metric (items without it, e.g. unjudged, are left out)."""
-    field = ITEM_FIELD[metric]
-    return [s[field] for s in scored if field in s]
+    return per_item(scored)[metric]
 
 
 def parity(student: dict[str, float], service: dict[str, float]) -> dict[str, float]:
     """Student / service ratio per metric both have (the paper's 'how close to the teacher')."""
-    return {k: round(student[k] / service[k], 4) for k in METRIC_NAMES
+    return {k: round(student[k] / service[k], 4) for k in METRICS
             if k in student and k in service and service[k]}
+
+
+def embedding_cosines(items: list[dict], answers: list[list[str]], model: str | None) -> list[list[float]] | None:
+    """Cosine of every sampled answer with its item's reference, grouped per item; None when off."""
+    if not model:
+        return None
+    from .embed import available, cosine_pairs
+
+    if not available(model):
+        return None
+    flat = cosine_pairs([a for s in answers for a in s], [it["response"] for it, s in zip(items, answers) for _ in s],
+                        model)
+    grouped, pos = [], 0
+    for s in answers:
+        grouped.append(flat[pos:pos + len(s)])
+        pos += len(s)
+    return grouped
+
+
+def evaluate_answers(root: str | Path, judge: JudgeConfig, endpoint: Endpoint, limits: ServiceConfig,
+                     budget: BudgetConfig, spent: ServiceStats, items: Artifact, answers: Artifact, label: str,
+                     out: str, on_progress=None) -> EvalResult:
+    """The judge scores every answer `judge.repeats` times; ROUGE-L, exact match and embedding
+    cosine beside it. Writes `out` (per-item scores) and `out`'s failure log. On a budget stop
+    or a failing judge the scores are not written: the stage is redone when resumed."""
+    t0 = time.time()
+    root = Path(root)
+    test = read_jsonl(items.at(root))
+    by_id = {r["id"]: r.get("samples") or [r["answer"]] for r in read_jsonl(answers.at(root))}
+    samples = [by_id.get(it["id"], [""]) for it in test]
+    client = ServiceClient(endpoint, limits, root / "cache" / "service", budget=budget, spent=spent)
+    requests = build_judge_requests(test, samples, judge_template(judge.prompt_template), repeats=judge.repeats,
+                                    temperature=judge.temperature, max_tokens=min(limits.max_tokens, JUDGE_MAX_TOKENS))
+    results = client.run(requests, parse_judge_reply, desc=f"{label} judge", on_progress=on_progress)
+    failures = [{"stage": "evaluate", "key": k, "kind": r.kind, "reason": r.error}
+                for k, r in zip(request_keys(test, samples, judge.repeats), results) if not r.ok]
+    atomic_write_jsonl(root / out.replace(".jsonl", ".failures.jsonl"), failures)
+    result = EvalResult(service=client.stats, budget_hit=client.budget_hit, items=len(test),
+                        failing=failing_reason(f"{label} judging", results, limits.max_failure_rate))
+    if result.budget_hit or result.failing:
+        result.seconds = round(time.time() - t0, 3)
+        return result
+    scored = score_items(test, samples, results, judge.repeats, aggregate=judge.aggregate,
+                         cosines=embedding_cosines(test, samples, judge.embedding_model))
+    atomic_write_jsonl(root / out, scored)
+    result.judged = Artifact.of(root, out)
+    result.metrics = aggregate(scored)
+    result.per_item = per_item(scored)
+    result.judged_items = sum(1 for s in scored if "score" in s)
+    result.parse_failures = sum(s["judge_parse_failures"] for s in scored)
+    result.call_failures = sum(s["judge_call_failures"] for s in scored)
+    result.seconds = round(time.time() - t0, 3)
+    return result

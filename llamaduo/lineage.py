@@ -3,12 +3,12 @@ Hugging Face `datasets` directory with a short data card."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
-from .store import replace_dir
+from .records import Artifact, TrainingSetResult
+from .store import atomic_write_jsonl, atomic_write_text, read_jsonl, staged_dir
 
 LINEAGE_COLUMNS = ["id", "instruction", "response", "category", "system", "origin", "round", "seed_id",
                    "generator", "template_sha256"]
@@ -23,13 +23,9 @@ def save_dataset(rows: list[dict], dest: str | Path) -> Path:
     from datasets import Dataset, Features, Value
 
     features = Features({c: Value("int64") if c == "round" else Value("string") for c in LINEAGE_COLUMNS})
-    dest = Path(dest)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
-        Dataset.from_list(normalise_rows(rows), features=features).save_to_disk(str(tmp / "ds"))
-        return replace_dir(tmp / "ds", dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged_dir(dest) as tmp:
+        Dataset.from_list(normalise_rows(rows), features=features).save_to_disk(str(tmp))
+    return Path(dest)
 
 
 def data_card(rows: list[dict], dropped: dict[str, int], round_no: int) -> str:
@@ -44,3 +40,17 @@ def data_card(rows: list[dict], dropped: dict[str, int], round_no: int) -> str:
     lines += [f"- {k}: {v}" for k, v in sorted(dropped.items())] or ["- none"]
     lines += ["", "Columns: " + ", ".join(LINEAGE_COLUMNS), ""]
     return "\n".join(lines)
+
+
+def build_training_set(root: str | Path, parts: list[Artifact], dropped: dict[str, int], round_no: int,
+                       out: str) -> TrainingSetResult:
+    """Coverage train + every curated synthetic row so far, with lineage; also written as a
+    Hugging Face `datasets` directory with a short data card."""
+    t0 = time.time()
+    root = Path(root)
+    rows = [r for a in parts for r in read_jsonl(a.at(root))]
+    atomic_write_jsonl(root / out, rows)
+    ds_dir = save_dataset(rows, root / out.replace(".jsonl", "_dataset"))
+    atomic_write_text(ds_dir / "DATA_CARD.md", data_card(rows, dropped, round_no))
+    return TrainingSetResult(train=Artifact.of(root, out), rows=len(rows),
+                             dataset_dir=out.replace(".jsonl", "_dataset"), seconds=round(time.time() - t0, 3))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import InputError
+from .store import staged_dir
 
 log = logging.getLogger("llamaduo.models")
 
@@ -43,21 +42,33 @@ def materialize_smollm2() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{SMOLLM2}."))
-    try:
+    with staged_dir(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def check_student(name: str) -> None:
+    """Preflight: the student can be resolved, without loading or converting anything."""
+    if name == SMOLLM2:
+        _smollm2_gguf_dir()
+        return
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise InputError("not a model directory (no config.json)", file=str(p), field="student.model")
+        return
+    if name.count("/") == 1 and not p.exists():
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise InputError(f"student.model {name!r} is a Hub id but HF_HUB_OFFLINE=1", field="student.model")
+        return
+    raise InputError(f"student model {name!r} is not '{SMOLLM2}', a model directory or a Hub id",
+                     field="student.model")
 
 
 def resolve_student(name: str) -> str:
     """A path (or Hub id) transformers can load."""
+    check_student(name)
     if name == SMOLLM2:
         return str(materialize_smollm2())
     p = Path(name).expanduser()

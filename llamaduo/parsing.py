@@ -1,7 +1,9 @@
 """Parse service replies: find the JSON in fenced or chatty text, repair it, validate it.
 
-Parsers raise ValueError on anything they cannot turn into the expected shape, so
-the caller can re-ask and count parse failures apart from low scores.
+Parsers raise ValueError on anything they cannot turn into the expected shape (wrong
+types included), so the caller can re-ask with the error and count parse failures apart
+from low scores. The pydantic models double as the JSON schemas sent as structured
+output where the provider supports it.
 """
 
 from __future__ import annotations
@@ -76,7 +78,12 @@ class _Assessment(BaseModel):
             raise ValueError("score must be an integer")
         if isinstance(v, str):
             v = v.strip().split("/")[0].strip()
-        f = float(v)
+        if not isinstance(v, (int, float, str)):
+            raise ValueError(f"score must be a number from 1 to 100, got {type(v).__name__}")
+        try:
+            f = float(v)
+        except ValueError:
+            raise ValueError(f"score must be a number from 1 to 100, got {v!r}"[:120]) from None
         if f != int(f):
             raise ValueError("score must be an integer")
         return int(f)
@@ -92,6 +99,14 @@ class JudgeVerdict(BaseModel):
     precision_assessment: _Assessment
 
 
+class SynthReply(BaseModel):
+    contents: list[SynthPair]
+
+
+JUDGE_SCHEMA = JudgeVerdict.model_json_schema()
+SYNTH_SCHEMA = SynthReply.model_json_schema()
+
+
 def parse_judge_reply(text: str) -> dict:
     """The paper's judge JSON -> {"similarity": int, "precision": int}; scores must be 1–100."""
     obj = extract_json(text)
@@ -102,4 +117,5 @@ def parse_judge_reply(text: str) -> dict:
     except ValidationError as exc:
         e = exc.errors()[0]
         raise ValueError(f"{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
-    return {"similarity": v.similarity_assessment.score, "precision": v.precision_assessment.score}
+    return {"similarity": v.similarity_assessment.score, "precision": v.precision_assessment.score,
+            "reason": "; ".join(r for r in (v.similarity_assessment.reason, v.precision_assessment.reason) if r)[:300]}

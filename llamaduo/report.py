@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .metrics import JUDGE_CURVES, METRIC_NAMES
+from .records import RoundRecord
 from .store import atomic_write_bytes
-
-REPORT_METRICS = ["judge_score", "judge_similarity", "judge_precision", "rougeL", "exact_match", "embedding_cosine",
-                  "judge_spread"]
 
 
 def _fmt(v) -> str:
@@ -24,37 +23,42 @@ def _delta(cur, prev) -> str:
     return f" ({'+' if d >= 0 else ''}{d:.3g})"
 
 
-def round_markdown(entry: dict, previous: dict | None, baselines: dict[str, dict], *, plot: str | None,
-                   teacher_note: str = "") -> str:
-    m, g = entry["metrics"], entry["gate"]
-    lines = [f"# Round {entry['round']}: {'PASS' if g['passed'] else 'fail'}", ""]
+def round_markdown(entry: RoundRecord, previous: RoundRecord | None, baselines: dict[str, dict], *,
+                   plot: str | None, teacher_note: str = "") -> str:
+    m, g, sv = entry.metrics, entry.gate, entry.service
+    lines = [f"# Round {entry.round}: {'PASS' if g.passed else 'fail'}", ""]
     if teacher_note:
         lines += [f"> {teacher_note}", ""]
+    ev = entry.evaluation
     lines += ["## What changed", "",
-              f"- training rows: **{entry['train_rows']}** (+{entry['synthetic_rows_added']} curated synthetic rows)",
-              f"- dropped in curation: {', '.join(f'{k} {v}' for k, v in sorted(entry['dropped'].items())) or 'none'}",
-              f"- service: {entry['service']['calls']} calls ({entry['service']['cached']} cached, "
-              f"{entry['service']['failed']} failed, {entry['service']['retries']} retries), "
-              f"${entry['service']['cost_usd']:.4f}", ""]
-    cols = ["this round"] + (["previous"] if previous else []) + list(baselines)
-    lines += ["## Metrics", "", "| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for k in REPORT_METRICS:
+              f"- training rows: **{entry.train_rows}** (+{entry.synthetic_rows_added} curated synthetic rows)",
+              f"- dropped in curation: {', '.join(f'{k} {v}' for k, v in sorted(entry.dropped.items())) or 'none'}",
+              f"- service: {sv.calls} calls ({sv.cached} cached, {sv.failed} failed, {sv.retries} retries), "
+              f"${sv.cost_usd:.4f}",
+              f"- judged: {ev.judged_items} of {ev.items} test items ({ev.parse_failures} unparseable replies, "
+              f"{ev.call_failures} failed calls)", ""]
+    cols = ["this round"] + (["validation"] if entry.val_metrics else []) + (["previous"] if previous else []) + \
+        list(baselines)
+    lines += ["## Metrics (test split)", "", "| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for k in METRIC_NAMES:
         if k not in m and not any(k in b for b in baselines.values()):
             continue
-        row = [_fmt(m.get(k)) + (_delta(m.get(k), previous["metrics"].get(k)) if previous else "")]
+        row = [_fmt(m.get(k)) + (_delta(m.get(k), previous.metrics.get(k)) if previous else "")]
+        if entry.val_metrics:
+            row.append(_fmt(entry.val_metrics.get(k)))
         if previous:
-            row.append(_fmt(previous["metrics"].get(k)))
+            row.append(_fmt(previous.metrics.get(k)))
         row += [_fmt(b.get(k)) for b in baselines.values()]
         lines.append(f"| {k} | " + " | ".join(row) + " |")
-    if entry.get("parity"):
+    if entry.parity:
         lines += ["", "Parity (student / service LLM): " +
-                  ", ".join(f"{k} {v:.3f}" for k, v in sorted(entry["parity"].items()))]
-    lines += ["", "## Gate", "", f"**{'passed' if g['passed'] else 'not passed'}** — {entry.get('gate_reason', '')}",
+                  ", ".join(f"{k} {v:.3f}" for k, v in sorted(entry.parity.items()))]
+    lines += ["", "## Gate", "", f"**{'passed' if g.passed else 'not passed'}** — {g.reason}",
               "", "| criterion | value | threshold | ok |", "|---|---|---|---|"]
-    for c in g.get("criteria", []):
-        lines.append(f"| {c['name']} | {_fmt(c['value'])} | {c['threshold']:g} | {'yes' if c['passed'] else 'no'} |")
+    for c in g.criteria:
+        lines.append(f"| {c.name} | {_fmt(c.value)} | {c.threshold:g} | {'yes' if c.passed else 'no'} |")
     if plot:
-        lines += ["", f"![metrics per round]({plot})", "", f"Plot file: `{plot}`"]
+        lines += ["", f"![metrics per round]({plot})"]
     return "\n".join(lines) + "\n"
 
 
@@ -69,11 +73,12 @@ def worst_items(scored: list[dict], k: int = 20, width: int = 160) -> list[dict]
              "judge_score": round(s["score"], 2) if "score" in s else None,
              "similarity": round(s["similarity"], 2) if "similarity" in s else None,
              "precision": round(s["precision"], 2) if "precision" in s else None,
-             "rougeL": round(s["rougeL"], 3), "judge_spread": round(s.get("judge_spread", 0.0), 2)}
+             "rougeL": round(s["rougeL"], 3), "judge_spread": round(s.get("judge_spread", 0.0), 2),
+             "judge_reason": cut(s.get("judge_reason", "") or ("not judged" if "score" not in s else ""))}
             for s in ordered[:k]]
 
 
-def plot_rounds(rounds: list[dict], path: str | Path, *, metric: str, threshold: float,
+def plot_rounds(rounds: list[RoundRecord], path: str | Path, *, metric: str, threshold: float,
                 baselines: dict[str, dict] | None = None) -> Path:
     """PNG of the judge metrics per round, with the gate threshold and baselines as lines."""
     import io
@@ -83,15 +88,15 @@ def plot_rounds(rounds: list[dict], path: str | Path, *, metric: str, threshold:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = sorted(rounds, key=lambda r: r["round"])
-    xs = [r["round"] for r in rounds]
+    rounds = sorted(rounds, key=lambda r: r.round)
+    xs = [r.round for r in rounds]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for k in ("judge_score", "judge_similarity", "judge_precision"):
-        ys = [r["metrics"].get(k) for r in rounds]
+    for k in JUDGE_CURVES:
+        ys = [r.metrics.get(k) for r in rounds]
         if any(y is not None for y in ys):
             ax.plot(xs, ys, marker="o", label=k, linewidth=2.5 if k == metric else 1.2)
-    if metric not in ("judge_score", "judge_similarity", "judge_precision"):
-        ax.plot(xs, [r["metrics"].get(metric) for r in rounds], marker="s", label=metric)
+    if metric not in JUDGE_CURVES:
+        ax.plot(xs, [r.metrics.get(metric) for r in rounds], marker="s", label=metric)
     ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label=f"gate {metric} >= {threshold:g}")
     for name, b in (baselines or {}).items():
         if b.get(metric) is not None:
@@ -107,3 +112,18 @@ def plot_rounds(rounds: list[dict], path: str | Path, *, metric: str, threshold:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_round_report(root: str | Path, entry: RoundRecord, previous: RoundRecord | None,
+                       history: list[RoundRecord], baselines: dict[str, dict], *, metric: str, threshold: float,
+                       teacher_note: str, out: str, plot_rel: str = "report/metrics.png") -> tuple[str, list[dict]]:
+    """Writes the plot (all rounds so far) and the round's markdown report; returns the markdown
+    and the worst-first per-item rows for a table."""
+    from .store import atomic_write_text, read_jsonl
+
+    root = Path(root)
+    plot_rounds(history, root / plot_rel, metric=metric, threshold=threshold, baselines=baselines)
+    depth = len(Path(out).parent.parts)
+    md = round_markdown(entry, previous, baselines, plot="../" * depth + plot_rel, teacher_note=teacher_note)
+    atomic_write_text(root / out, md)
+    return md, worst_items(read_jsonl(entry.judged.at(root))) if entry.judged else []

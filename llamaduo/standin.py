@@ -1,7 +1,8 @@
 """The offline stand-in teacher (demo only; clearly not a real service LLM).
 
-No real service LLM can run offline here, so the demo routes `llamaduo-standin/teacher`
-through litellm's custom-provider hook to this deterministic stand-in. It answers the
+No real service LLM can run offline here, so the demo's `llamaduo-standin/teacher` is
+answered by this deterministic stand-in (the service client calls it in place of litellm,
+with the pool of the endpoint that asked: nothing is registered process-wide). It answers the
 two request kinds of the default prompts in the paper's output formats:
 
 * synthesis: `{"contents": [...]}` with pairs drawn from a pool dataset (the config's
@@ -79,29 +80,3 @@ def reply(prompt: str, pool_path: str | None) -> str:
     if text is None:
         raise ValueError("the stand-in teacher only understands the default synthesis and judge prompts")
     return text
-
-
-def register_standin(pool_path: str | None) -> None:
-    """Register the stand-in as a litellm custom provider (idempotent)."""
-    import litellm
-    from litellm import CustomLLM, ModelResponse
-
-    class StandinTeacher(CustomLLM):
-        def _respond(self, model, messages) -> ModelResponse:
-            prompt = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")
-            text = reply(prompt, pool_path)
-            return ModelResponse(
-                model=model,
-                choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                usage={"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
-                       "total_tokens": (len(prompt) + len(text)) // 4},
-            )
-
-        def completion(self, model, messages, *args, **kwargs):
-            return self._respond(model, messages)
-
-        async def acompletion(self, model, messages, *args, **kwargs):
-            return self._respond(model, messages)
-
-    litellm.custom_provider_map = [p for p in litellm.custom_provider_map if p["provider"] != PROVIDER] + [
-        {"provider": PROVIDER, "custom_handler": StandinTeacher()}]

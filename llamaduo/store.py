@@ -8,7 +8,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -89,6 +90,20 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> Path:
     return final_dir
 
 
+@contextmanager
+def staged_dir(final_dir: str | Path) -> Iterator[Path]:
+    """Write a directory in a temp dir beside `final_dir`; it replaces `final_dir` only when
+    the block finishes without error (readers never see a half-written directory)."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}."))
+    try:
+        yield holder / "out"
+        replace_dir(holder / "out", final_dir)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
 class RunDir:
     """Where a run's files live: DIR/summary.json, DIR/data/, DIR/rounds/round_NN/…"""
 
@@ -106,10 +121,6 @@ class RunDir:
     @property
     def service_cache(self) -> Path:
         return self.root / "cache" / "service"
-
-    @property
-    def prefect_results(self) -> Path:
-        return self.root / ".prefect" / "results"
 
     @property
     def export(self) -> Path:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import random
+import time
+from pathlib import Path
 
+from .config import BudgetConfig, Endpoint, ServiceConfig, SynthConfig
 from .data import Example, example_id
-from .service import Request, Result
+from .parsing import SYNTH_SCHEMA, parse_synth_reply
+from .records import Artifact, ServiceStats, SynthResult
+from .service import Request, Result, ServiceClient, failing_reason
 from .similarity import words
-from .templates import PromptTemplate
+from .store import atomic_write_jsonl, read_jsonl
+from .templates import PromptTemplate, synth_template
 
 
 def seed_order(train: list[Example], seed: int) -> list[Example]:
@@ -57,7 +63,8 @@ def build_synth_requests(seeds: list[Example], template: PromptTemplate, *, n: i
         prompt = template.render(instruction=s.instruction, response=s.response, n=n, topic=chosen)
         # round/wave/slot make a repeated seed ask anew instead of hitting the cached reply.
         requests.append(Request([{"role": "user", "content": prompt}], temperature=temperature,
-                                max_tokens=max_tokens, variant={"round": round_no, "wave": wave, "slot": i}))
+                                max_tokens=max_tokens, variant={"round": round_no, "wave": wave, "slot": i},
+                                schema=SYNTH_SCHEMA))
     return requests
 
 
@@ -69,7 +76,9 @@ def candidate_rows(results: list[Result], seeds: list[Example], *, round_no: int
         if not res.ok:
             failures.append({"seed_id": s.id, "kind": res.kind, "error": res.error})
             continue
-        for pair in res.value:
+        for j, pair in enumerate(res.value):
+            if res.truncated and j == len(res.value) - 1:  # the provider stopped at max_tokens inside it
+                pair = {"invalid": "truncated", "raw": pair}
             lineage = {"origin": "synthetic", "round": round_no, "seed_id": s.id, "generator": generator,
                        "template_sha256": template_sha, "category": s.category}
             if "invalid" in pair:
@@ -78,3 +87,48 @@ def candidate_rows(results: list[Result], seeds: list[Example], *, round_no: int
                 rows.append({**lineage, "id": example_id(pair["instruction"], pair["response"]),
                              "instruction": pair["instruction"], "response": pair["response"]})
     return rows, failures
+
+
+def choose_seeds(train: list[Example], synth: SynthConfig, n_requests: int, *, seed_offset: int, split_seed: int,
+                 round_no: int, wave: int, val_judged: list[dict] | None) -> list[Example]:
+    """Seeds for one wave: uniform walks the train split; `failure` weights seeds by the
+    student's scores on the *validation* items (never the test split the gate judges)."""
+    if synth.seed_strategy == "failure" and val_judged:
+        weights = failure_weights(train, val_judged)
+        return select_seeds_weighted(train, n_requests, weights, split_seed + 1000 * round_no + wave)
+    return select_seeds(train, n_requests, seed_offset, split_seed)
+
+
+def synthesize_wave(root: str | Path, synth: SynthConfig, endpoint: Endpoint, limits: ServiceConfig,
+                    budget: BudgetConfig, spent: ServiceStats, train: Artifact, *, round_no: int, wave: int,
+                    n_requests: int, seed_offset: int, split_seed: int, val_judged: Artifact | None, out: str,
+                    on_progress=None) -> SynthResult:
+    """Ask the service LLM for new pairs from `n_requests` seeds; writes candidate rows with
+    lineage to `out` (not written on a budget stop or a failing service: redone on resume)."""
+    t0 = time.time()
+    root = Path(root)
+    rows = [Example.from_dict(r) for r in read_jsonl(train.at(root))]
+    seeds = choose_seeds(rows, synth, n_requests, seed_offset=seed_offset, split_seed=split_seed,
+                         round_no=round_no, wave=wave,
+                         val_judged=read_jsonl(val_judged.at(root)) if val_judged else None)
+    template = synth_template(synth.prompt_template)
+    client = ServiceClient(endpoint, limits, root / "cache" / "service", budget=budget, spent=spent)
+    requests = build_synth_requests(seeds, template, n=synth.pairs_per_request, topic=synth.topic,
+                                    temperature=limits.temperature, max_tokens=limits.max_tokens,
+                                    round_no=round_no, wave=wave, topics=synth.topics)
+    results = client.run(requests, parse_synth_reply, desc=f"round {round_no} synthesize", on_progress=on_progress)
+    atomic_write_jsonl(root / out.replace(".jsonl", ".failures.jsonl"),
+                       [{"stage": "synthesize", "key": s.id, "kind": r.kind, "reason": r.error}
+                        for s, r in zip(seeds, results) if not r.ok])
+    candidates, failures = candidate_rows(results, seeds, round_no=round_no, generator=endpoint.model,
+                                          template_sha=template.sha256)
+    result = SynthResult(service=client.stats, budget_hit=client.budget_hit, rows=len(candidates),
+                         failed_requests=len(failures), next_seed_offset=seed_offset + n_requests,
+                         failing=failing_reason(f"round {round_no} synthesis", results, limits.max_failure_rate))
+    if not result.budget_hit and not result.failing and results and not candidates:
+        result.failing = f"round {round_no} synthesis: the service produced no usable pair"
+    if not result.budget_hit and not result.failing:
+        atomic_write_jsonl(root / out, candidates)
+        result.candidates = Artifact.of(root, out)
+    result.seconds = round(time.time() - t0, 3)
+    return result

@@ -7,30 +7,31 @@ only when training finished (written to a temp dir, then renamed).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from .config import TrainConfig
 from .data import Example, to_chat
-from .store import atomic_write_json, read_json, read_jsonl
+from .records import Artifact, FinetuneResult, StudentRef
+from .store import atomic_write_json, read_json, read_jsonl, staged_dir
 
 
-@dataclass
-class TrainSpec:
+class TrainSpec(BaseModel):
+    """What the training process needs; written as JSON for the child process."""
     base_model: str
     data_path: str
     output_dir: str
-    train: dict
+    train: TrainConfig
     system_prompt: str | None = None
     micro_batch: int | None = None  # set by a retry after OOM; effective batch is kept
-    extra: dict = field(default_factory=dict)
 
 
 class TrainingFailed(RuntimeError):
@@ -74,18 +75,14 @@ def _checkpointing_kwarg(config_cls, enabled: bool) -> dict:
 
 def build_trainer(spec: TrainSpec):
     """An SFTTrainer with a LoRA adapter on the student; loss on the completion (assistant) only."""
-    import warnings
-
     import torch
-    from datasets import Dataset, disable_progress_bars
+    from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     from .models import load_tokenizer
 
-    disable_progress_bars()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    cfg = TrainConfig(**spec.train)
+    cfg = spec.train
     rows = [to_chat(Example.from_dict(r), spec.system_prompt) for r in read_jsonl(spec.data_path)]
     tok = load_tokenizer(spec.base_model)
     model = load_trainable_model(spec.base_model, cfg)
@@ -122,28 +119,38 @@ def last_checkpoint(spec: TrainSpec) -> Path | None:
     return Path(found) if found else None
 
 
+@contextlib.contextmanager
+def _quiet_training():
+    """Library warnings and `datasets` progress bars off for this training only (not process-wide)."""
+    from datasets.utils import logging as ds_logging
+
+    bars_were_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        if bars_were_on:
+            ds_logging.enable_progress_bar()
+
+
 def train_lora(spec: TrainSpec) -> dict:
     """Fine-tune in this process; returns training stats. Writes the adapter to spec.output_dir.
     An interrupted run (crash, OOM, kill) resumes from its last checkpoint."""
     out = Path(spec.output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with _quiet_training():
         trainer = build_trainer(spec)
         resume = last_checkpoint(spec)
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if not trainer.is_world_process_zero():  # other data-parallel ranks: rank 0 writes the adapter
             return {"steps": int(result.global_step)}
-        adapter_tmp = work / "adapter"
-        trainer.model.save_pretrained(adapter_tmp)
-        trainer.processing_class.save_pretrained(adapter_tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(adapter_tmp, out)
+        with staged_dir(out) as tmp:
+            trainer.model.save_pretrained(tmp)
+            trainer.processing_class.save_pretrained(tmp)
         shutil.rmtree(checkpoint_dir(spec), ignore_errors=True)  # done: nothing left to resume
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"steps": int(result.global_step), "train_loss": round(float(result.training_loss), 4),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
@@ -165,25 +172,15 @@ def launch_command(n_gpus: int, spec_path: str, result_path: str) -> list[str]:
     return [sys.executable, "-m", "llamaduo.train", spec_path, result_path]
 
 
-# Optimizer steps taken by this process's training runs: the CLI reports them (0 on a cached re-run).
-PROCESS_TRAINING_STEPS = [0]
-
-
 def run_training(spec: TrainSpec, *, subprocess_mode: bool = True) -> dict:
     """Train (in a child process unless told otherwise) and return its stats."""
     Path(spec.output_dir).parent.mkdir(parents=True, exist_ok=True)
-    stats = _run_training(spec, subprocess_mode)
-    PROCESS_TRAINING_STEPS[0] += stats["steps"]
-    return stats
-
-
-def _run_training(spec: TrainSpec, subprocess_mode: bool) -> dict:
     if not subprocess_mode:
         return train_lora(spec)
     spec_path = Path(spec.output_dir).with_suffix(".spec.json")
     result_path = Path(spec.output_dir).with_suffix(".result.json")
     result_path.unlink(missing_ok=True)
-    atomic_write_json(spec_path, asdict(spec))
+    atomic_write_json(spec_path, spec.model_dump(mode="json"))
     env = {**os.environ, "LLAMADUO_PROGRESS": "1" if sys.stderr.isatty() else os.environ.get("LLAMADUO_PROGRESS", "0")}
     proc = subprocess.Popen(launch_command(_visible_gpus(), str(spec_path), str(result_path)),
                             stderr=subprocess.PIPE, env=env)
@@ -217,11 +214,22 @@ def _exit_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
     _exit_with_parent()
-    spec = TrainSpec(**json.loads(Path(argv[0]).read_text()))
+    spec = TrainSpec.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
     stats = train_lora(spec)
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_json(argv[1], stats)
     return 0
+
+
+def finetune(root: str | Path, train: TrainConfig, student: StudentRef, system_prompt: str | None,
+             training_set: Artifact, out: str, *, micro_batch: int | None = None) -> FinetuneResult:
+    """LoRA SFT of the student on `training_set`; the adapter lands in `out` (relative to root)."""
+    t0 = time.time()
+    root = Path(root)
+    spec = TrainSpec(base_model=student.path, data_path=str(training_set.at(root)), output_dir=str(root / out),
+                     train=train, system_prompt=system_prompt, micro_batch=micro_batch)
+    stats = run_training(spec, subprocess_mode=train.subprocess)
+    return FinetuneResult(adapter=Artifact.of(root, out), stats=stats, seconds=round(time.time() - t0, 3))
 
 
 if __name__ == "__main__":

@@ -1,36 +1,64 @@
-"""Prefect policy shared by the stage tasks: explicit cache keys and result storage.
+"""Prefect policy shared by the stage tasks: cache keys from what determines the output, safe
+persisted results, and refresh when an output is gone.
 
-A plain @task does not cache across runs (its default policy includes the run id).
-Every stage's key is the hash of its parameters — config section, input artifacts'
-content hashes, round/wave numbers, output path — plus the code version. Tasks return
-small values (paths, hashes, stats), never datasets or models.
+A plain @task does not cache across runs (its default policy includes the run id). A stage's
+key is the hash of its parameters as *fingerprints* plus the code version:
+- config sections: `fingerprint()` — operational fields (rate limits, timeouts, key variables)
+  dropped, file-valued fields (templates, data, the stand-in pool) replaced by their content hash;
+- artifacts: their path relative to the run directory and their content hash;
+- the student: its configured id (not where its converted weights lie);
+- UNKEYED parameters — the run directory, the running spend, the budget — never enter a key:
+  they cannot change what a completed stage produced.
+Tasks return small typed records (paths, hashes, stats), never datasets or models.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from llamaduo import CODE_VERSION
+from llamaduo.records import StudentRef
 from llamaduo.store import sha256_json
+
+from ._results import RESULT_OPTIONS
+
+UNKEYED = frozenset({"root", "spent", "budget"})
+
+
+def fingerprint(value: Any) -> Any:
+    if hasattr(value, "fingerprint"):
+        return value.fingerprint()
+    if isinstance(value, StudentRef):
+        return value.id
+    if isinstance(value, BaseModel):
+        return fingerprint(value.model_dump(mode="python"))
+    if isinstance(value, dict):
+        return {k: fingerprint(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [fingerprint(v) for v in value]
+    return value
 
 
 def stage_cache_key(context, parameters: dict) -> str:
-    return sha256_json({"task": context.task.name, "params": parameters, "code": CODE_VERSION})
+    keyed = {k: fingerprint(v) for k, v in parameters.items() if k not in UNKEYED}
+    return sha256_json({"task": context.task.name, "inputs": keyed, "code": CODE_VERSION})
 
 
-def stage(task, out: str | Path):
-    """The task as the flow should call it: when its output artifact is gone (deleted run
-    files), refresh the cache instead of returning a result that points at nothing."""
-    return task if Path(out).exists() else task.with_options(refresh_cache=True)
+STAGE_OPTIONS = dict(cache_key_fn=stage_cache_key, **RESULT_OPTIONS)
 
 
-def artifact(path: str | Path) -> dict:
-    from llamaduo.store import sha256_path
-
-    return {"path": str(path), "sha256": sha256_path(path)}
-
-
-STAGE_OPTIONS = dict(cache_key_fn=stage_cache_key, persist_result=True)
+def run_stage(task, out: str | Path | None, /, **params) -> tuple[Any, bool]:
+    """Call a stage task; returns (result, fresh). `fresh` is False when Prefect answered from
+    its cache. When the stage's output (`out`, relative to `root`) is gone — deleted, or never
+    written because the stage stopped at a budget cap — the cache is refreshed instead of
+    returning a result that points at nothing."""
+    if out is not None and not (Path(params.get("root", ".")) / out).exists():
+        task = task.with_options(refresh_cache=True)
+    state = task(**params, return_state=True)
+    return state.result(), state.name != "Cached"
 
 
 def progress_reporter(description: str):
@@ -53,8 +81,3 @@ def progress_reporter(description: str):
                 pass
 
     return report
-
-
-def failure_records(stage: str, results, keys: list[str]) -> list[dict]:
-    """Failed calls as rows (stage, key, kind, reason) for the round's failure log."""
-    return [{"stage": stage, "key": k, "kind": r.kind, "reason": r.error} for k, r in zip(keys, results) if not r.ok]

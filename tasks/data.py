@@ -1,28 +1,24 @@
-"""Prepare the coverage splits as run artifacts."""
+"""Data and student preparation tasks."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 
-from llamaduo.data import load_coverage
-from llamaduo.store import atomic_write_jsonl, sha256_path
+from llamaduo.config import DataConfig
+from llamaduo.data import prepare_splits
+from llamaduo.models import resolve_student
+from llamaduo.records import SplitResult, StudentRef
 
-from ._policy import STAGE_OPTIONS, artifact
-
-
-def data_inputs_sha(path: str, test_path: str | None) -> str:
-    return sha256_path(path) + (sha256_path(test_path) if test_path else "")
+from ._policy import STAGE_OPTIONS
 
 
 @task(name="prepare-data", **STAGE_OPTIONS, tags=["io"])
-def prepare_data(data_cfg: dict, inputs_sha: str, out_dir: str) -> dict:
-    """`inputs_sha` is the content hash of the data files: editing them re-runs everything downstream."""
-    train, test = load_coverage(data_cfg["path"], data_cfg.get("test_path"), data_cfg["test_size"],
-                                data_cfg["split_seed"])
-    out = Path(out_dir)
-    atomic_write_jsonl(out / "test.jsonl", [e.to_dict() for e in test])
-    atomic_write_jsonl(out / "coverage_train.jsonl", [e.to_dict() for e in train])
-    return {"train": artifact(out / "coverage_train.jsonl"), "test": artifact(out / "test.jsonl"),
-            "train_rows": len(train), "test_rows": len(test)}
+def prepare_data(root: str, data: DataConfig, near_dup_threshold: float, out: str = "data") -> SplitResult:
+    """Clean, de-duplicated train/val/test splits (data files enter the key by content)."""
+    return prepare_splits(root, data, near_dup_threshold, out)
+
+
+@task(name="prepare-student", **STAGE_OPTIONS, tags=["io"])
+def prepare_student(student_id: str) -> StudentRef:
+    """Resolve the student; the offline SmolLM2 is converted from GGUF to safetensors once."""
+    return StudentRef(id=student_id, path=resolve_student(student_id))

@@ -1,15 +1,19 @@
-"""Export task: merged safetensors + adapter + model card."""
+"""Export task: merged safetensors + adapter + model card, checked against the evaluated answers."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from llamaduo.export import export_model
+from llamaduo.config import InferConfig
+from llamaduo.export import export_model, model_card
+from llamaduo.records import Artifact, ExportResult, RoundRecord, StudentRef, Summary
 
-from ._policy import STAGE_OPTIONS, artifact
+from ._policy import STAGE_OPTIONS
 
 
 @task(name="export", **STAGE_OPTIONS, tags=["io"])
-def export(base_model: str, base_model_id: str, adapter: dict, card: str, out_dir: str) -> dict:
-    export_model(base_model, adapter["path"], out_dir, card)
-    return {"model": artifact(out_dir)}
+def export(root: str, student: StudentRef, best: RoundRecord, summary: Summary, teacher_label: str,
+           infer_cfg: InferConfig, system_prompt: str | None, test: Artifact, answers: Artifact | None,
+           out: str) -> ExportResult:
+    return export_model(root, student, best, lambda check: model_card(summary, best, teacher_label, check),
+                        infer_cfg, system_prompt, test, answers, out)

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from prefect import task
 
-from llamaduo.report import plot_rounds, round_markdown, worst_items
-from llamaduo.store import atomic_write_text, read_jsonl
+from llamaduo.records import Artifact, RoundRecord
+from llamaduo.report import write_round_report
 
-from ._policy import STAGE_OPTIONS, artifact
+from ._policy import STAGE_OPTIONS
 
 
 @task(name="report", **STAGE_OPTIONS, tags=["io"])
-def publish_round_report(entry: dict, previous: dict | None, history: list[dict], baselines: dict[str, dict],
-                         metric: str, threshold: float, teacher_note: str, judged: dict, plot_path: str,
-                         out_path: str) -> dict:
+def publish_round_report(root: str, entry: RoundRecord, previous: RoundRecord | None, history: list[RoundRecord],
+                         baselines: dict[str, dict[str, float]], metric: str, threshold: float, teacher_note: str,
+                         out: str) -> Artifact:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    plot = plot_rounds(history, plot_path, metric=metric, threshold=threshold, baselines=baselines)
-    md = round_markdown(entry, previous, baselines, plot=str(plot), teacher_note=teacher_note)
-    atomic_write_text(out_path, md)
-    key = f"round-{entry['round']}"
-    create_markdown_artifact(markdown=md, key=f"{key}-report", description=f"Round {entry['round']} report")
-    create_table_artifact(table=worst_items(read_jsonl(judged["path"])), key=f"{key}-items",
-                          description=f"Round {entry['round']}: per-item scores, worst first")
-    return {"report": artifact(out_path), "plot": str(plot)}
+    md, items = write_round_report(root, entry, previous, history, baselines, metric=metric, threshold=threshold,
+                                   teacher_note=teacher_note, out=out)
+    key = f"round-{entry.round}"
+    create_markdown_artifact(markdown=md, key=f"{key}-report", description=f"Round {entry.round} report")
+    create_table_artifact(table=items, key=f"{key}-items",
+                          description=f"Round {entry.round}: per-item scores and judge reasons, worst first")
+    return Artifact.of(root, out)

@@ -31,11 +31,11 @@ def e2e_setup(tmp_path, tiny_model_dir, monkeypatch):
     (tmp_path / "coverage.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(0, 20)))
     config = {
         "name": "e2e",
-        "data": {"path": str(tmp_path / "coverage.jsonl"), "test_size": 4, "split_seed": 1},
+        "data": {"path": str(tmp_path / "coverage.jsonl"), "test_size": 4, "val_size": 0, "split_seed": 1},
         "service": {"model": "openai/fake-teacher", "api_base": None, "api_key_env": "FAKE_SERVICE_KEY",
                     "rpm": 6000, "max_concurrency": 4, "max_retries": 2, "timeout_s": 10},
         "synth": {"rows_per_round": 16, "pairs_per_request": 4, "max_waves": 3},
-        "judge": {"repeats": 2, "service_baseline": True},
+        "judge": {"repeats": 2, "temperature": 0.3, "service_baseline": True},
         "student": {"model": str(tiny_model_dir)},
         "train": {"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "max_length": 96, "lora_r": 8,
                   "lora_alpha": 16, "quantization": "none"},
@@ -106,7 +106,10 @@ def test_loop_fails_then_passes_and_rerun_is_free(e2e_setup):
         assert (final / "merged" / "model.safetensors").is_file() and (final / "adapter" / "adapter_config.json").is_file()
         assert "judge_score" in (final / "README.md").read_text()
         assert requests_after_first == summary["service_total"]["calls"] == \
-            sum(r["service"]["calls"] for r in summary["rounds"]) + 4 + 4 * 2, "all calls accounted for"
+            sum(r["service"]["calls"] for r in summary["rounds"]) + 4 + 4 * 2 + summary["preflight"]["calls"], \
+            "all calls accounted for"
+        assert summary["preflight"]["calls"] == 2, "one probe call to the service, one to the judge"
+        assert summary["data"] == {"train_rows": 16, "val_rows": 0, "test_rows": 4, "removed": {}}
         png = workdir / "report" / "metrics.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "# Round 1: fail" in (workdir / "rounds" / "round_01" / "report.md").read_text()

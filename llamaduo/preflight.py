@@ -1,0 +1,102 @@
+"""One preflight, before anything is spent: config, data, templates, keys, prices, the student,
+the run directory, and (with `probe`) one small real call to the service and to the judge
+whose replies must parse. The CLI and the deployment flow both call it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Endpoint, RunConfig
+from .data import Splits, load_coverage
+from .errors import InputError
+from .estimate import run_estimate, warnings_for
+from .models import check_student
+from .parsing import parse_judge_reply, parse_synth_reply
+from .records import ServiceStats
+from .service import ServiceClient, check_pricing
+from .templates import judge_template, synth_template
+
+
+@dataclass
+class Preflight:
+    splits: Splits
+    estimate: dict
+    warnings: list[str] = field(default_factory=list)
+    probe: ServiceStats = field(default_factory=ServiceStats)
+
+
+def check_workdir(workdir: Path) -> None:
+    """The run directory must be (or become) a writable directory."""
+    p = Path(workdir)
+    if p.exists() and not p.is_dir():
+        raise InputError("run directory is a file", file=str(p), field="--workdir")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError("run directory is not writable", file=str(p), field="--workdir")
+
+
+def _key_present(ep: Endpoint) -> None:
+    if ep.api_key_env and not os.environ.get(ep.api_key_env):
+        raise InputError(f"environment variable {ep.api_key_env} is not set", field=f"{ep.field}.api_key_env")
+
+
+def _probe_field(ep: Endpoint, error: str) -> str:
+    text = error.lower()
+    if any(s in text for s in ("401", "403", "auth", "api key", "api_key", "permission")):
+        return f"{ep.field}.api_key_env" if ep.api_key_env else f"{ep.field}.model"
+    if any(s in text for s in ("connect", "resolve", "refused", "timed out", "timeout")) and ep.api_base:
+        return f"{ep.field}.api_base"
+    return f"{ep.field}.model"
+
+
+def probe_endpoints(cfg: RunConfig, splits: Splits, cache_dir: Path) -> ServiceStats:
+    """One synthesis request (one pair) to the service, one judgement to the judge; both replies
+    must parse. Replies are cached in the run's reply cache, so re-running pays nothing."""
+    from .judge import build_judge_requests
+    from .synth import build_synth_requests
+
+    seed, item = splits.train[0], splits.test[0]
+    synth_req = build_synth_requests([seed], synth_template(cfg.synth.prompt_template), n=1, topic=cfg.synth.topic,
+                                     temperature=0.0, max_tokens=min(cfg.service.max_tokens, 512), round_no=0,
+                                     wave=0, topics=cfg.synth.topics)[0]
+    judge_req = build_judge_requests([item.to_dict()], [[item.response]], judge_template(cfg.judge.prompt_template),
+                                     repeats=1, temperature=0.0, max_tokens=min(cfg.service.max_tokens, 512))[0]
+    limits = cfg.service.model_copy(update={"max_retries": min(cfg.service.max_retries, 1)})
+    stats = ServiceStats()
+    for ep, req, parse in ((cfg.service_endpoint(), synth_req, parse_synth_reply),
+                           (cfg.judge_endpoint(), judge_req, parse_judge_reply)):
+        client = ServiceClient(ep, limits, cache_dir, progress=False)
+        req = type(req)(req.messages, req.temperature, req.max_tokens, {**req.variant, "purpose": "preflight"},
+                        req.schema)
+        result = client.run([req], parse)[0]
+        stats = stats.plus(client.stats)
+        if not result.ok:
+            raise InputError(f"the preflight call to {ep.model} failed: {result.error}",
+                             field=_probe_field(ep, result.error or ""))
+    # Reported as the probe's calls whether answered now or from the reply cache (paid once).
+    return stats.model_copy(update={"calls": stats.calls + stats.cached, "cached": 0})
+
+
+def preflight(cfg: RunConfig, workdir: Path | None = None, *, probe: bool = True) -> Preflight:
+    synth_template(cfg.synth.prompt_template)
+    judge_template(cfg.judge.prompt_template)
+    if cfg.service.standin_pool:
+        from .data import load_examples
+
+        load_examples(cfg.service.standin_pool)
+    for ep in (cfg.service_endpoint(), cfg.judge_endpoint()):
+        _key_present(ep)
+        check_pricing(ep, cfg.budget)
+    check_student(cfg.student.model)
+    splits = load_coverage(cfg.data, cfg.curate.near_dup_threshold)
+    if workdir is not None:
+        check_workdir(workdir)
+    result = Preflight(splits=splits, estimate=run_estimate(cfg, splits.train, splits.val, splits.test),
+                       warnings=warnings_for(cfg))
+    if probe and workdir is not None:
+        result.probe = probe_endpoints(cfg, splits, Path(workdir) / "cache" / "service")
+    return result
