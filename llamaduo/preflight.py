@@ -88,11 +88,11 @@ def preflight(cfg: RunConfig, workdir: Path | None = None, *, probe: bool = True
         from .data import load_examples
 
         load_examples(cfg.service.standin_pool)
+    splits = load_coverage(cfg.data, cfg.curate.near_dup_threshold)
     for ep in (cfg.service_endpoint(), cfg.judge_endpoint()):
         _key_present(ep)
         check_pricing(ep, cfg.budget)
     check_student(cfg.student.model)
-    splits = load_coverage(cfg.data, cfg.curate.near_dup_threshold)
     if workdir is not None:
         check_workdir(workdir)
     result = Preflight(splits=splits, estimate=run_estimate(cfg, splits.train, splits.val, splits.test),

@@ -28,3 +28,4 @@ def write_jsonl(tmp_path):
         return p
 
     return _write
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

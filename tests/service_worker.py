@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from llamaduo.config import ServiceConfig  # noqa: E402
+from llamaduo.config import Endpoint, ServiceConfig  # noqa: E402
 from llamaduo.parsing import parse_synth_reply  # noqa: E402
 from llamaduo.service import Request, ServiceClient  # noqa: E402
 
@@ -17,5 +17,6 @@ if __name__ == "__main__":
     cfg = ServiceConfig(model="openai/fake", api_base=url, api_key_env="WORKER_KEY", max_concurrency=4, rpm=6000)
     reqs = [Request([{"role": "user", "content": f'Seed {i}: generate 2 more pairs as {{"contents": []}}'}])
             for i in range(n)]
-    res = ServiceClient(cfg, cache, progress=False).run(reqs, parse_synth_reply)
+    endpoint = Endpoint(model=cfg.model, api_base=url, api_key_env="WORKER_KEY")
+    res = ServiceClient(endpoint, cfg, cache, progress=False).run(reqs, parse_synth_reply)
     print("ok", sum(r.ok for r in res))

@@ -63,10 +63,16 @@ def test_split_is_deterministic_and_order_independent(write_jsonl):
     assert not {e.id for e in a[0]} & {e.id for e in a[1]}
 
 
+def data_cfg(path, **kw):
+    from llamaduo.config import DataConfig
+
+    return DataConfig(path=str(path), **{"val_size": 0, **kw})
+
+
 def test_test_path_removes_test_rows_from_train(write_jsonl):
-    rows = [{"instruction": f"I{i}", "response": f"R{i}"} for i in range(10)]
-    train, test = load_coverage(str(write_jsonl("a.jsonl", rows)), str(write_jsonl("t.jsonl", rows[:3])), 0.2, 1)
-    assert len(test) == 3 and len(train) == 7
+    rows = [{"instruction": f"Question number {i} about topic {i * 7}", "response": f"R{i}"} for i in range(10)]
+    s = load_coverage(data_cfg(write_jsonl("a.jsonl", rows), test_path=str(write_jsonl("t.jsonl", rows[:3]))))
+    assert len(s.test) == 3 and len(s.train) == 7 and s.removed == {"test_overlap": 3}
 
 
 def test_missing_file(tmp_path):
@@ -84,5 +90,6 @@ def test_to_chat_is_prompt_completion():
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared data not present")
 def test_real_coverage_data_loads_and_splits():
-    train, test = load_coverage(str(SHARED_DATA), None, 24, 42)
-    assert len(test) == 24 and len(train) == 310 and all(e.category == "Classify" for e in train)
+    s = load_coverage(data_cfg(SHARED_DATA, test_size=24, val_size=20, split_seed=42))
+    assert len(s.test) == 24 and len(s.val) == 20 and len(s.train) == 290 and s.removed == {}
+    assert all(e.category == "Classify" for e in s.train)

@@ -14,8 +14,10 @@ pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data
 
 @pytest.fixture(scope="module")
 def split():
-    train, test = load_coverage(str(SHARED_DATA), None, 30, 42)
-    return [e.to_dict() for e in train], [e.to_dict() for e in test]
+    from llamaduo.config import DataConfig
+
+    s = load_coverage(DataConfig(path=str(SHARED_DATA), test_size=30, val_size=0, split_seed=42))
+    return [e.to_dict() for e in s.train], [e.to_dict() for e in s.test]
 
 
 def reword(text: str, rng: random.Random) -> str:

@@ -1,11 +1,13 @@
+import pytest
+
 from llamaduo.config import GateConfig
 from llamaduo.gate import STOP_BUDGET, STOP_MAX_ROUNDS, STOP_PASSED, best_round, decide, stop_reason
 
 
 def test_pass_at_threshold_inclusive():
     d = decide({"judge_score": 80.0}, GateConfig(metric="judge_score", threshold=80))
-    assert d.passed and d.value == 80.0 and {k: v for k, v in d.to_summary().items() if k != "criteria"} == {"passed": True, "metric": "judge_score",
-                                                               "value": 80.0, "threshold": 80}
+    summary = d.model_dump(exclude={"criteria", "reason"})
+    assert d.passed and summary == {"passed": True, "metric": "judge_score", "value": 80.0, "threshold": 80}
 
 
 def test_fail_below_and_reason_explains():
@@ -31,11 +33,50 @@ def test_stop_reasons():
     assert stop_reason(fail, 1, 3, False) == STOP_BUDGET
 
 
+def _rec(k, value, passed=False, val=None):
+    from llamaduo.records import GateDecision, RoundRecord
+
+    return RoundRecord(round=k, train_rows=1, synthetic_rows_added=0, metrics={"rougeL": value},
+                       val_metrics={"rougeL": val} if val is not None else {},
+                       gate=GateDecision(passed=passed, metric="rougeL", value=value, threshold=0.5))
+
+
 def test_best_round_ignores_baseline_and_prefers_earlier_tie():
-    rounds = [{"round": 0, "metrics": {"m": 99}}, {"round": 1, "metrics": {"m": 70}},
-              {"round": 2, "metrics": {"m": 80}}, {"round": 3, "metrics": {"m": 80}}]
-    assert best_round(rounds, "m")["round"] == 2
-    assert best_round([{"round": 0, "metrics": {"m": 1}}], "m") is None
+    rounds = [_rec(0, 0.99), _rec(1, 0.7), _rec(2, 0.8), _rec(3, 0.8)]
+    assert best_round(rounds, "rougeL").round == 2
+    assert best_round([_rec(0, 0.1)], "rougeL") is None
+
+
+def test_best_round_is_one_that_passed_even_when_another_has_a_higher_mean():
+    # with use_ci_lower / min_share a round can have the best mean and still fail its gate
+    rounds = [_rec(1, 0.9, passed=False), _rec(2, 0.8, passed=True)]
+    assert best_round(rounds, "rougeL").round == 2
+    assert best_round([_rec(1, 0.9), _rec(2, 0.8)], "rougeL").round == 1, "none passed: the best, labelled"
+
+
+def test_keep_best_compares_validation_not_test_scores():
+    rounds = [_rec(1, 0.9, val=0.5), _rec(2, 0.6, val=0.7)]
+    assert best_round(rounds, "rougeL").round == 2
+
+
+def test_gate_fails_when_too_few_items_were_judged():
+    g = GateConfig(threshold=50, min_judged_share=0.9)
+    d = decide({"judge_score": 95}, g, [95], judged_share=1 / 16)
+    assert not d.passed and "not evaluable" in d.reason and d.criteria[0].name == "judged share"
+    assert decide({"judge_score": 95}, g, [95] * 15, judged_share=15 / 16).passed
+    # a reference metric does not need judgements
+    assert decide({"rougeL": 0.9}, GateConfig(metric="rougeL", threshold=0.5), judged_share=0.0).passed
+
+
+@pytest.mark.parametrize("metric,threshold", [("rougeL", 70), ("judge_score", 150), ("exact_match", 1.5),
+                                              ("judge_score", 0), ("embedding_cosine", 2), ("judge_spread", 1)])
+def test_threshold_off_the_metric_scale_is_an_input_error(metric, threshold):
+    from llamaduo.config import config_from_dict
+    from llamaduo.errors import InputError
+
+    with pytest.raises(InputError, match="gate"):
+        config_from_dict({"data": {"path": "x"}, "service": {"model": "m"},
+                          "gate": {"metric": metric, "threshold": threshold}})
 
 
 def test_ci_lower_bound_criterion():

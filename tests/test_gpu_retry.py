@@ -30,18 +30,20 @@ def prefect_env(tmp_path):
 def _run_finetune(tmp_path, tiny_model_dir):
     from prefect import flow
 
-    from tasks._policy import artifact
+    from llamaduo.config import TrainConfig
+    from llamaduo.records import Artifact, StudentRef
     from tasks.train import finetune
 
-    data = atomic_write_jsonl(tmp_path / "train.jsonl",
-                              [{"id": str(i), "instruction": f"Q{i}", "response": "blue"} for i in range(8)])
-    cfg = {"epochs": 1, "batch_size": 4, "max_length": 64, "learning_rate": 1e-3, "quantization": "none",
-           "subprocess": False}
+    atomic_write_jsonl(tmp_path / "train.jsonl",
+                       [{"id": str(i), "instruction": f"Q{i}", "response": "blue"} for i in range(8)])
+    cfg = TrainConfig(epochs=1, batch_size=4, max_length=64, learning_rate=1e-3, quantization="none",
+                      subprocess=False)
 
     @flow
     def one_training():
-        return finetune.with_options(retry_delay_seconds=0)(cfg, str(tiny_model_dir), "tiny", artifact(data), None,
-                                                            str(tmp_path / "adapter"))
+        return finetune.with_options(retry_delay_seconds=0)(
+            str(tmp_path), cfg, StudentRef(id="tiny", path=str(tiny_model_dir)), None,
+            Artifact.of(tmp_path, "train.jsonl"), "adapter")
 
     return one_training()
 
@@ -58,7 +60,7 @@ def test_oom_on_first_attempt_retries_with_half_micro_batch(tmp_path, tiny_model
 
     monkeypatch.setattr(train_mod, "train_lora", flaky)
     result = _run_finetune(tmp_path, tiny_model_dir)
-    stats = result["stats"]
+    stats = result.stats
     assert seen == [4, 2] and stats["attempt"] == 2
     assert stats["micro_batch"] == 2 and stats["grad_accum"] == 2, "effective batch 4 kept"
 

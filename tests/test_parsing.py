@@ -15,12 +15,12 @@ VERDICT = '{"similarity_assessment": {"score": 80, "reason": "close"}, "precisio
     VERDICT[:-1],  # missing final brace
 ])
 def test_judge_reply_variants(text):
-    assert parse_judge_reply(text) == {"similarity": 80, "precision": 70}
+    assert {k: v for k, v in parse_judge_reply(text).items() if k != "reason"} == {"similarity": 80, "precision": 70}
 
 
 def test_judge_score_as_string_and_float_integer():
     text = VERDICT.replace('"score": 80', '"score": "80"').replace('"score": 70', '"score": 70.0')
-    assert parse_judge_reply(text) == {"similarity": 80, "precision": 70}
+    assert {k: v for k, v in parse_judge_reply(text).items() if k != "reason"} == {"similarity": 80, "precision": 70}
 
 
 @pytest.mark.parametrize("text,why", [

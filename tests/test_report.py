@@ -1,11 +1,14 @@
+from llamaduo.records import GateDecision, RoundRecord, ServiceStats
 from llamaduo.report import plot_rounds, round_markdown, worst_items
 
-ENTRY = {"round": 2, "train_rows": 60, "synthetic_rows_added": 20, "dropped": {"duplicate": 3},
-         "metrics": {"judge_score": 72.5, "rougeL": 0.7}, "gate_reason": "all: judge_score mean 72.5 >= 70",
-         "gate": {"passed": True, "metric": "judge_score", "value": 72.5, "threshold": 70,
-                  "criteria": [{"name": "judge_score mean", "value": 72.5, "threshold": 70, "passed": True}]},
-         "service": {"calls": 10, "cached": 0, "failed": 1, "retries": 2, "cost_usd": 0.01}}
-PREV = {**ENTRY, "round": 1, "metrics": {"judge_score": 60.0, "rougeL": 0.5}}
+ENTRY = RoundRecord(round=2, train_rows=60, synthetic_rows_added=20, dropped={"duplicate": 3},
+                    metrics={"judge_score": 72.5, "rougeL": 0.7},
+                    gate=GateDecision(passed=True, metric="judge_score", value=72.5, threshold=70,
+                                      reason="all: judge_score mean 72.5 >= 70",
+                                      criteria=[{"name": "judge_score mean", "value": 72.5, "threshold": 70,
+                                                 "passed": True}]),
+                    service=ServiceStats(calls=10, failed=1, retries=2, cost_usd=0.01))
+PREV = ENTRY.model_copy(update={"round": 1, "metrics": {"judge_score": 60.0, "rougeL": 0.5}})
 
 
 def test_markdown_has_changes_deltas_baselines_and_gate():
@@ -15,14 +18,18 @@ def test_markdown_has_changes_deltas_baselines_and_gate():
     assert "| judge_score mean | 72.5 | 70 | yes |" in md and "![metrics per round](metrics.png)" in md
 
 
-def test_worst_items_first():
-    scored = [{"instruction": "a", "reference": "r", "answer": "x", "score": 90, "rougeL": 1.0},
-              {"instruction": "b", "reference": "r", "answer": "y", "score": 10, "rougeL": 0.0},
+def test_worst_items_first_with_judge_reasons():
+    scored = [{"instruction": "a", "reference": "r", "answer": "x", "score": 90, "rougeL": 1.0, "judge_reason": "ok"},
+              {"instruction": "b", "reference": "r", "answer": "y", "score": 10, "rougeL": 0.0,
+               "judge_reason": "wrong label"},
               {"instruction": "c", "reference": "r", "answer": "z", "rougeL": 0.0}]
-    assert [r["instruction"] for r in worst_items(scored)] == ["c", "b", "a"]
+    rows = worst_items(scored)
+    assert [r["instruction"] for r in rows] == ["c", "b", "a"]
+    assert rows[0]["judge_reason"] == "not judged" and rows[1]["judge_reason"] == "wrong label"
 
 
 def test_plot_is_a_png(tmp_path):
-    p = plot_rounds([{"round": 0, "metrics": {"judge_score": 10}}, PREV, ENTRY], tmp_path / "m.png",
-                    metric="judge_score", threshold=70, baselines={"service LLM": {"judge_score": 85}})
+    base = ENTRY.model_copy(update={"round": 0, "metrics": {"judge_score": 10}})
+    p = plot_rounds([base, PREV, ENTRY], tmp_path / "m.png", metric="judge_score", threshold=70,
+                    baselines={"service LLM": {"judge_score": 85}})
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from llamaduo.config import BudgetConfig, ServiceConfig
+from llamaduo.config import BudgetConfig, Endpoint, ServiceConfig
 from llamaduo.errors import InputError
 from llamaduo.parsing import parse_judge_reply, parse_synth_reply
-from llamaduo.service import Request, ServiceClient, ServiceStats, budget_left
+from llamaduo.records import ServiceStats
+from llamaduo.service import Request, ServiceClient, budget_left
 from llamaduo.templates import judge_template
 from tests.fake_service import FakeBehaviour, FakeOpenAIServer
 
@@ -27,14 +28,15 @@ def client(server, tmp_path, monkeypatch, **kw):
     monkeypatch.setenv("FAKE_KEY", SECRET)
     cfg = ServiceConfig(model="openai/fake-teacher", api_base=server.url, api_key_env="FAKE_KEY",
                         **{"max_retries": 3, "timeout_s": 5, "rpm": 6000, "max_concurrency": 8, **kw})
-    return ServiceClient(cfg, tmp_path / "cache", progress=False)
+    endpoint = Endpoint(model=cfg.model, api_base=cfg.api_base, api_key_env=cfg.api_key_env)
+    return ServiceClient(endpoint, cfg, tmp_path / "cache", progress=False)
 
 
 def test_calls_parse_and_cache_so_rerun_costs_nothing(tmp_path, monkeypatch):
     with FakeOpenAIServer() as server:
         c1 = client(server, tmp_path, monkeypatch)
         res = c1.run(judge_requests(6), parse_judge_reply)
-        assert all(r.ok for r in res) and res[1].value == {"similarity": 67, "precision": 67}
+        assert all(r.ok for r in res) and {k: res[1].value[k] for k in ("similarity", "precision")} == {"similarity": 67, "precision": 67}
         assert c1.stats.calls == 6 and c1.stats.cached == 0 and c1.stats.prompt_tokens > 0
         assert server.requests == 6
         c2 = client(server, tmp_path, monkeypatch)
@@ -86,16 +88,16 @@ def test_budget_caps_calls(tmp_path, monkeypatch):
 
 
 def test_budget_left_pure():
-    assert budget_left({"calls": 4}, BudgetConfig(max_calls=5, max_usd=1))
-    assert not budget_left({"calls": 5}, BudgetConfig(max_calls=5, max_usd=1))
+    assert budget_left(ServiceStats(calls=4), BudgetConfig(max_calls=5, max_usd=1))
+    assert not budget_left(ServiceStats(calls=5), BudgetConfig(max_calls=5, max_usd=1))
     assert not budget_left(ServiceStats(cost_usd=1.0), BudgetConfig(max_calls=5, max_usd=1))
-    assert not budget_left({"cost_usd": 0.01}, BudgetConfig(max_calls=5, max_usd=0))
+    assert not budget_left(ServiceStats(cost_usd=0.01), BudgetConfig(max_calls=5, max_usd=0))
 
 
 def test_missing_key_env_is_input_error(tmp_path, monkeypatch):
     monkeypatch.delenv("NOPE_KEY", raising=False)
     with pytest.raises(InputError, match="NOPE_KEY"):
-        ServiceClient(ServiceConfig(model="openai/x", api_key_env="NOPE_KEY"), tmp_path)
+        ServiceClient(Endpoint(model="openai/x", api_key_env="NOPE_KEY"), ServiceConfig(model="openai/x"), tmp_path)
 
 
 def test_synthesis_reply_through_http(tmp_path, monkeypatch):

@@ -65,7 +65,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(spec, tmp_path, monke
             if state.global_step == 3:
                 raise RuntimeError("simulated crash after step 3")
 
-    spec.train = {**spec.train, "epochs": 2, "save_steps": 2}  # 6 steps, checkpoint every 2
+    spec.train = spec.train.model_copy(update={"epochs": 2, "save_steps": 2})  # 6 steps, checkpoint every 2
     real_build = train_mod.build_trainer
 
     def crashing_build(s):
