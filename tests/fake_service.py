@@ -50,6 +50,10 @@ class FakeBehaviour:
     judge: str = "overlap"  # or "fenced" to wrap replies in ```json fences with chatter
     plain_answer: str = "blue"  # reply to anything that is neither a synthesis nor a judge prompt
     pool_pick: str = "random"  # or "similar": the pool pairs closest to the seed example (a teacher that follows it)
+    judge_score_as: str | None = None  # "null" | "list" | "string": valid JSON, wrong type (first answer only)
+    p_judge_malformed: float = 0.0  # share of judge replies that are not JSON at all
+    reject_models: dict = field(default_factory=dict)  # model -> HTTP status (401 echoes the caller's key)
+    code_answers: bool = False  # synthesis pairs are code answers ending in `};`, `)` etc.
 
 
 class FakeOpenAIServer:
@@ -58,6 +62,7 @@ class FakeOpenAIServer:
         self.requests = 0  # every HTTP request, faults included
         self.answered: Counter = Counter()  # body sha -> 200 replies sent
         self.statuses: Counter = Counter()
+        self.kinds: Counter = Counter()  # 200 replies by request kind: synth / judge / plain
         self._lock = threading.Lock()
         self._window: deque = deque()
         self._rng = random.Random(self.behaviour.seed)
@@ -88,7 +93,12 @@ class FakeOpenAIServer:
                 s = max(1, min(100, round(100 * rouge_l(candidate, reference)["f"]))) if candidate.strip() else 1
             else:
                 s = overlap_score(candidate, reference)
-            body = json.dumps({"similarity_assessment": {"score": s, "reason": "word overlap"},
+            if self.behaviour.p_judge_malformed and self._rng.random() < self.behaviour.p_judge_malformed:
+                return "I think the candidate is quite good, maybe 80 out of 100."
+            bad = {"null": None, "list": [s], "string": "eighty"}
+            first = "Your previous reply" not in prompt  # a re-ask with the error gets a valid reply
+            score = bad[self.behaviour.judge_score_as] if self.behaviour.judge_score_as and first else s
+            body = json.dumps({"similarity_assessment": {"score": score, "reason": "word overlap"},
                                "precision_assessment": {"score": s, "reason": "word overlap"}})
             return f"Here is my assessment:\n```json\n{body}\n```\nHope this helps." if self.behaviour.judge == "fenced" else body
         m = re.search(r"generate (\d+) more pairs", prompt)
@@ -153,7 +163,14 @@ class FakeOpenAIServer:
                     time.sleep(b.hang_s)
                     return
                 body = json.loads(raw)
+                status = b.reject_models.get(body.get("model"))
+                if status:
+                    server.statuses[status] += 1
+                    key = self.headers.get("Authorization", "")
+                    return self._send(status, {"error": {"message": f"Incorrect API key provided: {key}",
+                                                         "type": "invalid_request_error"}})
                 prompt = "\n".join(m.get("content") or "" for m in body["messages"])
+                kind = "judge" if "Language Model Response" in prompt else "synth" if '"contents"' in prompt else "plain"
                 text = server.reply_text(prompt)
                 if roll < b.p_500 + b.p_hang + b.p_malformed:
                     server.statuses["malformed"] += 1
@@ -170,5 +187,6 @@ class FakeOpenAIServer:
                     with server._lock:
                         server.answered[hashlib.sha256(raw).hexdigest()] += 1
                         server.statuses[200] += 1
+                        server.kinds[kind] += 1
 
         return Handler
