@@ -182,8 +182,8 @@ class CurateConfig(_Section):
     num_perm: int = Field(128, ge=16, description="MinHash permutations.")
     min_instruction_chars: int = Field(3, ge=0, description="Shorter instructions are dropped (too_short).")
     min_response_chars: int = Field(1, ge=0, description="Shorter responses are dropped (too_short).")
-    max_instruction_chars: int = Field(8000, gt=0, description="Longer instructions are dropped (too_long).")
-    max_response_chars: int = Field(8000, gt=0, description="Longer responses are dropped (too_long).")
+    max_instruction_chars: int = Field(20000, gt=0, description="Longer instructions are dropped (too_long).")
+    max_response_chars: int = Field(20000, gt=0, description="Longer responses are dropped (too_long).")
     drop_truncated: bool = Field(True, description="Drop responses cut off mid-sentence (the provider said "
                                  "finish_reason=length, an unclosed code fence, a dangling connective).")
     drop_refusals: bool = Field(True, description="Drop responses that refuse ('I'm sorry, but I can't help ...').")

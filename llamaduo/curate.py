@@ -62,9 +62,15 @@ def quality_issue(row: dict, cfg: CurateConfig) -> str | None:
         return DROP_TOO_LONG
     if cfg.drop_refusals and _REFUSAL.search(resp):
         return DROP_REFUSAL
-    if cfg.drop_echo and len(resp.split()) > 3 and normalize(resp) in normalize(instr):
+    if cfg.drop_echo and _echoes(normalize(resp), normalize(instr)):
         return DROP_ECHO
     return None
+
+
+def _echoes(resp: str, instr: str) -> bool:
+    """The response repeats (most of) the instruction. Quoting one option of a multiple-choice
+    instruction, as a correct label does, is not an echo."""
+    return len(resp.split()) > 3 and resp in instr and len(resp) >= 0.6 * len(instr)
 
 
 # -- near duplicates ---------------------------------------------------------------------

@@ -52,6 +52,7 @@ class FakeBehaviour:
     pool_pick: str = "random"  # or "similar": the pool pairs closest to the seed example (a teacher that follows it)
     judge_score_as: str | None = None  # "null" | "list" | "string": valid JSON, wrong type (first answer only)
     p_judge_malformed: float = 0.0  # share of judge replies that are not JSON at all
+    judge_good_first: int = 0  # this many judge replies are valid before p_judge_malformed applies
     reject_models: dict = field(default_factory=dict)  # model -> HTTP status (401 echoes the caller's key)
     code_answers: bool = False  # synthesis pairs are code answers ending in `};`, `)` etc.
 
@@ -93,7 +94,9 @@ class FakeOpenAIServer:
                 s = max(1, min(100, round(100 * rouge_l(candidate, reference)["f"]))) if candidate.strip() else 1
             else:
                 s = overlap_score(candidate, reference)
-            if self.behaviour.p_judge_malformed and self._rng.random() < self.behaviour.p_judge_malformed:
+            self._judged = getattr(self, "_judged", 0) + 1
+            if self.behaviour.p_judge_malformed and self._judged > self.behaviour.judge_good_first and \
+                    self._rng.random() < self.behaviour.p_judge_malformed:
                 return "I think the candidate is quite good, maybe 80 out of 100."
             bad = {"null": None, "list": [s], "string": "eighty"}
             first = "Your previous reply" not in prompt  # a re-ask with the error gets a valid reply

@@ -67,7 +67,7 @@ from llamaduo.curate import (DROP_ECHO, DROP_NEAR_DUPLICATE, DROP_REFUSAL, DROP_
     (row("Explain photosynthesis", "Plants turn light into energy and"), DROP_TRUNCATED),
     (row("Explain photosynthesis", "```python\nprint(1)"), DROP_TRUNCATED),
     (row("Hi", "A fine answer."), DROP_TOO_SHORT),
-    (row("Explain photosynthesis", "x" * 9000), DROP_TOO_LONG),
+    (row("Explain photosynthesis", "x" * 21000), DROP_TOO_LONG),
     ({"invalid": "missing response"}, DROP_INVALID),
 ])
 def test_quality_filters(r, reason):

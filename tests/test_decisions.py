@@ -22,6 +22,7 @@ from tests.fake_service import FakeBehaviour, FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-decisions-secret-123456"
+POOL = [{"instruction": f"Which colour has object {i} of batch {i * 11}?", "response": "blue"} for i in range(60)]
 
 
 def _judge_setup(root: Path, n=6):
@@ -32,9 +33,9 @@ def _judge_setup(root: Path, n=6):
     return Artifact.of(root, "test.jsonl"), Artifact.of(root, "answers.jsonl")
 
 
-def _evaluate(root, server, monkeypatch, **limits):
+def _evaluate(root, server, monkeypatch, n=6, **limits):
     monkeypatch.setenv("FAKE_KEY", KEY)
-    items, answers = _judge_setup(root)
+    items, answers = _judge_setup(root, n)
     lim = ServiceConfig(model="openai/fake", api_base=server.url, api_key_env="FAKE_KEY", rpm=6000,
                         max_concurrency=2, max_retries=0, **limits)
     ep = Endpoint(model="openai/fake", api_base=server.url, api_key_env="FAKE_KEY", field="judge")
@@ -53,7 +54,8 @@ def test_wrong_typed_judge_scores_are_reasked_with_the_error_never_a_crash(tmp_p
         assert ev2.failing and "100%" in ev2.failing and ev2.judged is None
     # the bad replies stay in the cache for audit, marked invalid; a re-run never serves them as valid
     records = [json.loads(p.read_text()) for p in (tmp_path / "noreask" / "cache").rglob("*.json")]
-    assert len(records) == 6 and all(r.get("invalid") for r in records)
+    # the breaker stopped sending after the first few failures (the provider is failing)
+    assert 4 <= len(records) < 6 and all(r.get("invalid") for r in records)
     with FakeOpenAIServer(FakeBehaviour()) as server:
         again = _evaluate(tmp_path / "noreask", server, monkeypatch, max_parse_retries=0)
         assert again.failing and server.requests == 0
@@ -68,7 +70,7 @@ def test_reask_is_its_own_request_telling_the_model_what_was_wrong(tmp_path, mon
 
 def test_mostly_unparseable_judge_trips_the_breaker(tmp_path, monkeypatch):
     with FakeOpenAIServer(FakeBehaviour(p_judge_malformed=0.7, seed=5)) as server:
-        ev = _evaluate(tmp_path, server, monkeypatch, max_parse_retries=0, max_failure_rate=0.5)
+        ev = _evaluate(tmp_path, server, monkeypatch, n=30, max_parse_retries=0, max_failure_rate=0.5)
     assert ev.failing and ev.judged is None
 
 
@@ -203,14 +205,14 @@ def small_run(tmp_path, tiny_model_dir):
 
 def test_judge_refusing_its_key_stops_before_any_training_with_exit_2(small_run):
     tmp_path, config = small_run
-    with FakeOpenAIServer(FakeBehaviour(reject_models={"fake-judge": 401})) as server:
+    with FakeOpenAIServer(FakeBehaviour(reject_models={"fake-judge": 401}, pool=POOL)) as server:
         config["service"]["api_base"] = server.url
         (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
         t0 = time.time()
         out = _cli(["run", str(tmp_path / "run.yaml"), "--workdir", str(tmp_path / "w")], {"FAKE_SERVICE_KEY": KEY})
         elapsed = time.time() - t0
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "judge.api_key_env" in out.stderr and "401" in out.stderr or "Authentication" in out.stderr
+    assert "judge.api_key_env" in out.stderr and ("401" in out.stderr or "Authentication" in out.stderr)
     assert KEY not in out.stdout + out.stderr, "the provider echoed the key; we must not"
     assert elapsed < 60 and not (tmp_path / "w" / "rounds").exists(), "nothing trained, nothing judged"
     for f in (tmp_path / "w").rglob("*") if (tmp_path / "w").exists() else []:
@@ -221,14 +223,13 @@ def test_judge_refusing_its_key_stops_before_any_training_with_exit_2(small_run)
 def test_failing_judge_mid_run_stops_with_exit_4_and_a_summary(small_run):
     tmp_path, config = small_run
     config["judge"]["model"] = None
-    with FakeOpenAIServer(FakeBehaviour(p_judge_malformed=0.8, seed=2)) as server:
+    with FakeOpenAIServer(FakeBehaviour(p_judge_malformed=0.8, judge_good_first=1, seed=2, pool=POOL)) as server:
         config["service"]["api_base"] = server.url
         (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-        for attempt in range(5):  # the preflight probe may land on a good reply; then the run must stop
-            out = _cli(["run", str(tmp_path / "run.yaml"), "--workdir", str(tmp_path / f"w{attempt}")],
-                       {"FAKE_SERVICE_KEY": KEY}, timeout=600)
-            if out.returncode != 2:
-                break
+        # the preflight probe gets a good reply; then 80% of judgements are unparseable
+        attempt = 0
+        out = _cli(["run", str(tmp_path / "run.yaml"), "--workdir", str(tmp_path / "w0")], {"FAKE_SERVICE_KEY": KEY},
+                   timeout=600)
     assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-3000:]
     summary = json.loads((tmp_path / f"w{attempt}" / "summary.json").read_text())
     assert summary["stop_reason"] == "service_failing" and "judging" in summary["stop_detail"]
