@@ -33,16 +33,15 @@ def requests(n: int, tag: str):
 
 
 def run_ours(url: str, n: int, rpm: int, conc: int, tag: str) -> float:
-    from llamaduo import service
-    from llamaduo.config import ServiceConfig
+    from llamaduo.config import Endpoint, ServiceConfig
     from llamaduo.parsing import parse_judge_reply
     from llamaduo.service import ServiceClient
 
-    service._LIMITERS.clear()
     cfg = ServiceConfig(model="openai/fake", api_base=url, rpm=rpm, max_concurrency=conc)
     with tempfile.TemporaryDirectory() as d:
         os.environ["BENCH_KEY"] = "sk-bench"
-        client = ServiceClient(cfg.model_copy(update={"api_key_env": "BENCH_KEY"}), d, progress=False)
+        endpoint = Endpoint(model=cfg.model, api_base=url, api_key_env="BENCH_KEY")
+        client = ServiceClient(endpoint, cfg, d, progress=False)
         t0 = time.perf_counter()
         res = client.run(requests(n, tag), parse_judge_reply)
         dt = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """`llamaduo run|validate` — the console entry point.
 
-Exit codes (DESIGN.md): 0 gate passed, 3 stopped without passing (rounds, budget, plateau),
+Exit codes (the design contract): 0 gate passed, 3 stopped without passing (rounds, budget, plateau),
 2 invalid config or data, or an endpoint that refuses the preflight call (the message names
 file, line/row and field), 4 the service LLM is failing, 1 any other failure.
 """

@@ -401,16 +401,45 @@ def _resolve_paths(raw: dict, base: Path) -> None:
                 raw[section][key] = str(candidate)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("config file not found", file=str(path))
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML where a repeated key is an error (by default the second silently wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise InputError(f"duplicate key {key!r}", file=getattr(self, "_source", None),
+                                 line=key_node.start_mark.line + 1, field=str(key))
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise InputError("not UTF-8 text (re-save the file as UTF-8)", file=str(path), line=line) from None
+    loader = _UniqueKeyLoader(text)
+    loader._source = str(path)
+    try:
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise InputError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=str(path),
+        raise InputError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=str(path),
                          line=(mark.line + 1) if mark else None) from None
+    finally:
+        loader.dispose()
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("config path is a directory, not a YAML file", file=str(path))
+    if not path.is_file():
+        raise InputError("config file not found", file=str(path))
+    raw = _read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise InputError("top level must be a mapping", file=str(path))
     raw = apply_overrides(raw, overrides or [])

@@ -1,4 +1,4 @@
-"""Errors the CLI maps to exit codes (DESIGN.md: 2 = bad config/data)."""
+"""Errors the CLI maps to exit codes (2 = bad config or data)."""
 
 
 class InputError(Exception):
@@ -17,7 +17,3 @@ class InputError(Exception):
         elif field:
             where = f"field '{field}': "
         super().__init__(where + message)
-
-
-class BudgetExhausted(Exception):
-    """A hard budget cap (calls or USD) was reached; the run stops cleanly."""

@@ -1,4 +1,4 @@
-"""summary.json (DESIGN.md contract), written from the typed `Summary`, atomically, after every round."""
+"""summary.json (the design contract), written from the typed `Summary`, atomically, after every round."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ Tasks return small typed records (paths, hashes, stats), never datasets or model
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,9 @@ def fingerprint(value: Any) -> Any:
 
 def stage_cache_key(context, parameters: dict) -> str:
     keyed = {k: fingerprint(v) for k, v in parameters.items() if k not in UNKEYED}
+    if os.environ.get("LLAMADUO_DEBUG_CACHE_KEYS"):  # what a key is made of, one JSON line per task
+        with open(os.environ["LLAMADUO_DEBUG_CACHE_KEYS"], "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"task": context.task.name, "inputs": keyed}, default=str) + "\n")
     return sha256_json({"task": context.task.name, "inputs": keyed, "code": CODE_VERSION})
 
 
