@@ -28,7 +28,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 test-integration: install
-	$(BIN)/python -m pytest -q -m slow tests/test_deployment.py
+	$(BIN)/python -m pytest -q -m slow tests/test_deployment.py tests/test_cache_keys.py
 
 test-all: install
 	$(BIN)/python -m pytest -q -m ""

@@ -127,12 +127,33 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", overrides: list[
         overrides: `dotted.key=value` overrides, e.g. `gate.threshold=80`.
         workdir: run directory (default `runs/<name>`); the result names its summary.json.
     """
-    from llamaduo.config import load_config
+    from llamaduo.config import check_run_overrides, load_config
+    from llamaduo.errors import InputError
     from llamaduo.preflight import preflight
 
+    project = Path.cwd()  # the deployment's pull step sets it to the project directory
+    for name, value in (("config_path", config_path), ("workdir", workdir)):
+        if value and project.resolve() not in (p := (project / value).resolve(), *p.parents):
+            raise InputError("must stay inside the project directory", field=name)
+    check_run_overrides(overrides or [], run_override_allow_list(project), project)
     cfg = load_config(config_path, overrides or [])
     workdir = workdir or str(Path("runs") / cfg.name)
     pf = preflight(cfg, Path(workdir))
     for w in pf.warnings:
         get_run_logger().warning(w)
     return migrate(cfg, workdir, pf.probe)
+
+
+def run_override_allow_list(project: Path) -> list[str]:
+    """The operator's allow-list: `llamaduo_run_overrides` in deployments/prefect.yaml (read from the
+    project on the worker, so a run cannot change it), else the defaults."""
+    import yaml
+
+    from llamaduo.config import DEFAULT_RUN_OVERRIDES
+
+    spec = project / "deployments" / "prefect.yaml"
+    if spec.is_file():
+        allowed = (yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get("llamaduo_run_overrides")
+        if allowed is not None:
+            return [str(a) for a in allowed]
+    return list(DEFAULT_RUN_OVERRIDES)

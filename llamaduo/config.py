@@ -456,3 +456,34 @@ def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
         msg = err["msg"] if err["type"] != "extra_forbidden" else "unknown key"
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise InputError(msg + more, file=source, field=field) from None
+
+
+# -- overrides from people who may start a deployment run ------------------------------------------
+# Endpoints and key variables redirect the worker's credentials: never overridable by a run.
+NEVER_OVERRIDABLE = ("service.api_base", "service.api_key_env", "judge.api_base", "judge.api_key_env",
+                     "service.model", "judge.model", "service.standin_pool")
+PATH_KEYS = ("data.path", "data.test_path", "synth.prompt_template", "judge.prompt_template", "student.model")
+DEFAULT_RUN_OVERRIDES = ("name", "gate.*", "budget.*", "synth.rows_per_round", "synth.pairs_per_request",
+                         "synth.max_waves", "train.epochs", "train.learning_rate", "train.batch_size",
+                         "train.grad_accum", "train.lora_r", "train.lora_alpha", "train.max_steps",
+                         "infer.max_new_tokens", "infer.batch_size", "judge.repeats")
+
+
+def check_run_overrides(overrides: list[str], allowed: list[str] | tuple[str, ...], project_dir: Path) -> None:
+    """Refuse a deployment run's override unless the operator's allow-list admits it; endpoints and
+    key variables never, paths only inside the project directory."""
+    from fnmatch import fnmatchcase
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key in NEVER_OVERRIDABLE or key.endswith(("api_base", "api_key_env")):
+            raise InputError("may not be overridden by a deployment run (it would redirect the worker's "
+                             "credentials)", field=key)
+        if not any(fnmatchcase(key, pattern) for pattern in allowed):
+            raise InputError("is not in the deployment's override allow-list (llamaduo_run_overrides in "
+                             "deployments/prefect.yaml)", field=key)
+        if key in PATH_KEYS and value:
+            target = (project_dir / value).resolve()
+            if project_dir.resolve() not in (target, *target.parents):
+                raise InputError("must stay inside the project directory", field=key)

@@ -6,6 +6,7 @@ by PID at the end.
 """
 
 import json
+import shutil
 import os
 import signal
 import socket
@@ -124,9 +125,20 @@ def trigger_and_wait(stack: Stack, params: dict, key: str) -> dict:
 
 def test_deploy_trigger_by_http_and_auth(tmp_path, tiny_model_dir):
     (tmp_path / "coverage.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(0, 20)))
+    # a deployment run may only name configs and run directories inside the project
+    project_tmp = ROOT / "runs" / f"test-deploy-{os.getpid()}"
+    project_tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        _deploy_trigger(tmp_path, project_tmp, tiny_model_dir)
+    finally:
+        shutil.rmtree(project_tmp, ignore_errors=True)
+
+
+def _deploy_trigger(tmp_path, project_tmp, tiny_model_dir):
     with FakeOpenAIServer(FakeBehaviour(pool=rows(1000, 200))) as fake:
         config = {
-            "name": "deployed", "data": {"path": str(tmp_path / "coverage.jsonl"), "test_size": 4, "split_seed": 1},
+            "name": "deployed", "data": {"path": str(tmp_path / "coverage.jsonl"), "test_size": 4, "val_size": 0,
+                                         "split_seed": 1},
             "service": {"model": "openai/fake-teacher", "api_base": fake.url, "api_key_env": "FAKE_SERVICE_KEY"},
             "synth": {"rows_per_round": 16, "pairs_per_request": 4}, "judge": {"repeats": 1},
             "student": {"model": str(tiny_model_dir)},
@@ -134,9 +146,9 @@ def test_deploy_trigger_by_http_and_auth(tmp_path, tiny_model_dir):
                       "lora_alpha": 16},
             "infer": {"max_new_tokens": 4, "batch_size": 4},
             "gate": {"threshold": 50, "max_rounds": 3}, "budget": {"max_calls": 400, "max_usd": 0}}
-        (tmp_path / "deployed.yaml").write_text(yaml.safe_dump(config))
-        params = {"config_path": str(tmp_path / "deployed.yaml"), "overrides": ["gate.threshold=50"],
-                  "workdir": str(tmp_path / "run")}
+        (project_tmp / "deployed.yaml").write_text(yaml.safe_dump(config))
+        params = {"config_path": str(project_tmp / "deployed.yaml"), "overrides": ["gate.threshold=50"],
+                  "workdir": str(project_tmp / "run")}
         env = {"FAKE_SERVICE_KEY": "sk-deploy"}
         t0 = time.time()
         stack = Stack(tmp_path / "open", env, None)
@@ -146,12 +158,12 @@ def test_deploy_trigger_by_http_and_auth(tmp_path, tiny_model_dir):
             fr = trigger_and_wait(stack, params, "caller-retry-1")
         finally:
             stack.down()
-        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        summary = json.loads((project_tmp / "run" / "summary.json").read_text())
         assert summary["passed"] is True and len(summary["rounds"]) >= 2
         # the flow's result (JSON-serialised) names the summary: read it from result storage
         record = json.loads((tmp_path / "open" / "results" / fr["state"]["data"]["storage_key"].split("/")[-1])
                             .read_text())
-        assert str(tmp_path / "run" / "summary.json") in json.dumps(record)
+        assert str(project_tmp / "run" / "summary.json") in json.dumps(record)
         print(f"\nopen server: {time.time() - t0:.0f}s")
 
         t1 = time.time()
