@@ -68,6 +68,45 @@ def _prefect_env(workdir: Path) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _termination_signal() -> type[BaseException]:
+    from prefect.exceptions import TerminationSignal
+
+    return TerminationSignal
+
+
+def _stopped_by_signal(exc: BaseException) -> int:
+    """SIGINT (Ctrl-C) or SIGTERM (a shell, systemd, a worker cancelling the run): every finished
+    stage is cached, every received reply is in the reply cache, the summary holds the finished
+    rounds, the training child was stopped. Exit now — lingering server threads or children must
+    not keep the process alive — and let the same command resume."""
+    import signal
+
+    signum = getattr(exc, "signal", None) or (signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
+    print(f"\nstopped by {signal.Signals(signum).name}: finished stages are saved; re-run the same command to "
+          "resume", file=sys.stderr)
+    _stop_children()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + int(signum))
+
+
+def _stop_children() -> None:
+    """Terminate this process's children (the temporary Prefect server, a training process)."""
+    import signal
+
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # field 4 of /proc/PID/stat: the parent pid
+            try:
+                os.kill(int(stat.parent.name), signal.SIGTERM)
+            except OSError:
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from llamaduo.config import load_config
@@ -94,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         from flows.migrate import migrate
 
         result = migrate(cfg, str(workdir), pf.probe)
+    except (KeyboardInterrupt, _termination_signal()) as exc:
+        return _stopped_by_signal(exc)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT

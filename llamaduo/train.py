@@ -185,15 +185,30 @@ def run_training(spec: TrainSpec, *, subprocess_mode: bool = True) -> dict:
     proc = subprocess.Popen(launch_command(_visible_gpus(), str(spec_path), str(result_path)),
                             stderr=subprocess.PIPE, env=env)
     tail = b""
-    for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # live progress, and the tail for errors
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.flush()
-        tail = (tail + chunk)[-6000:]
-    returncode = proc.wait()
+    try:
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # live progress, and the tail for errors
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+            tail = (tail + chunk)[-6000:]
+        returncode = proc.wait()
+    except BaseException:  # a signal or crash of the parent: the training process must not outlive it
+        stop_process(proc)
+        raise
     if returncode != 0 or not result_path.is_file():
         text = tail.decode("utf-8", "replace").replace("\r", "\n")
         raise TrainingFailed(f"training process exited with {returncode}:\n" + "\n".join(text.splitlines()[-15:]))
     return read_json(result_path)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Terminate a child (it resumes from its last checkpoint next time), kill it if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _exit_with_parent() -> None:

@@ -1,0 +1,11 @@
+#!/bin/sh
+# Refuse to start with missing or example secrets (docker/.env copied unchanged), then exec the command.
+for v in "$PREFECT_SERVER_API_AUTH_STRING" "$PREFECT_API_AUTH_STRING" "$POSTGRES_PASSWORD"; do
+  case "$v" in
+    *change-me*) echo "refusing to start: docker/.env still holds the example value 'change-me'" >&2; exit 1 ;;
+  esac
+done
+if [ -z "$PREFECT_SERVER_API_AUTH_STRING$PREFECT_API_AUTH_STRING" ]; then
+  echo "refusing to start: PREFECT_AUTH_STRING is empty" >&2; exit 1
+fi
+exec "$@"
