@@ -64,6 +64,25 @@ def _check_api_base(value: str | None) -> str | None:
     return value
 
 
+class _EndpointChecks(_Section):
+    """Validation shared by the sections that name an endpoint (service, judge)."""
+
+    @field_validator("api_key_env", check_fields=False)
+    @classmethod
+    def _env_name(cls, v: str | None, info) -> str | None:
+        return _check_env_name(v, f"{cls.__name__.removesuffix('Config').lower()}.{info.field_name}")
+
+    @field_validator("api_base", check_fields=False)
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _check_api_base(v)
+
+    @field_validator("model", check_fields=False)
+    @classmethod
+    def _provider(cls, v: str | None) -> str | None:
+        return v if v is None else check_provider(v)
+
+
 class DataConfig(_Section):
     path: str = Field(..., description="Coverage dataset: JSONL, CSV, Parquet file or a `datasets` directory.",
                       json_schema_extra=FILE)
@@ -92,7 +111,7 @@ class DataConfig(_Section):
         return v
 
 
-class ServiceConfig(_Section):
+class ServiceConfig(_EndpointChecks):
     model: str = Field(..., description="litellm model string of the service LLM (e.g. openai/gpt-4o). "
                        f"`{STANDIN_MODEL}` is the offline stand-in teacher (demo only).")
     api_base: str | None = Field(None, description="Endpoint override (vLLM, Ollama, a proxy).",
@@ -126,20 +145,6 @@ class ServiceConfig(_Section):
     standin_pool: str | None = Field(None, description="Stand-in teacher only: JSONL pool of pairs it draws "
                                      "synthetic rows from.", json_schema_extra=FILE)
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, v: str | None) -> str | None:
-        return _check_env_name(v, "service.api_key_env")
-
-    @field_validator("api_base")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        return _check_api_base(v)
-
-    @field_validator("model")
-    @classmethod
-    def _provider(cls, v: str) -> str:
-        return check_provider(v)
 
 
 def check_provider(model: str) -> str:
@@ -191,7 +196,7 @@ class CurateConfig(_Section):
     drop_length: bool = Field(True, description="Drop rows outside the min/max character bounds.")
 
 
-class JudgeConfig(_Section):
+class JudgeConfig(_EndpointChecks):
     model: str | None = Field(None, description="litellm model of the judge; default: service.model.")
     api_base: str | None = Field(None, description="Judge endpoint; default: service.api_base when the judge uses "
                                  "the service's provider.", json_schema_extra=OPERATIONAL)
@@ -213,20 +218,6 @@ class JudgeConfig(_Section):
     service_baseline: bool = Field(False, description="Also have the service LLM answer the test prompts and "
                                    "judge those answers the same way (parity = student / service).")
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, v: str | None) -> str | None:
-        return _check_env_name(v, "judge.api_key_env")
-
-    @field_validator("api_base")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        return _check_api_base(v)
-
-    @field_validator("model")
-    @classmethod
-    def _provider(cls, v: str | None) -> str | None:
-        return v if v is None else check_provider(v)
 
 
 class StudentConfig(_Section):

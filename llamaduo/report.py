@@ -90,7 +90,7 @@ def plot_rounds(rounds: list[RoundRecord], path: str | Path, *, metric: str, thr
 
     rounds = sorted(rounds, key=lambda r: r.round)
     xs = [r.round for r in rounds]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=90)
     for k in JUDGE_CURVES:
         ys = [r.metrics.get(k) for r in rounds]
         if any(y is not None for y in ys):
@@ -117,13 +117,18 @@ def plot_rounds(rounds: list[RoundRecord], path: str | Path, *, metric: str, thr
 def write_round_report(root: str | Path, entry: RoundRecord, previous: RoundRecord | None,
                        history: list[RoundRecord], baselines: dict[str, dict], *, metric: str, threshold: float,
                        teacher_note: str, out: str, plot_rel: str = "report/metrics.png") -> tuple[str, list[dict]]:
-    """Writes the plot (all rounds so far) and the round's markdown report; returns the markdown
-    and the worst-first per-item rows for a table."""
+    """Writes the plot (all rounds so far) and the round's markdown report (linking the PNG file);
+    returns the markdown for the UI — the plot inlined as a data URI, since a browser cannot load a
+    file path of the worker — and the worst-first per-item rows for a table."""
+    import base64
+
     from .store import atomic_write_text, read_jsonl
 
     root = Path(root)
-    plot_rounds(history, root / plot_rel, metric=metric, threshold=threshold, baselines=baselines)
+    png = plot_rounds(history, root / plot_rel, metric=metric, threshold=threshold, baselines=baselines)
     depth = len(Path(out).parent.parts)
-    md = round_markdown(entry, previous, baselines, plot="../" * depth + plot_rel, teacher_note=teacher_note)
-    atomic_write_text(root / out, md)
+    atomic_write_text(root / out, round_markdown(entry, previous, baselines, plot="../" * depth + plot_rel,
+                                                 teacher_note=teacher_note))
+    inline = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    md = round_markdown(entry, previous, baselines, plot=inline, teacher_note=teacher_note)
     return md, worst_items(read_jsonl(entry.judged.at(root))) if entry.judged else []

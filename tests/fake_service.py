@@ -54,6 +54,7 @@ class FakeBehaviour:
     p_judge_malformed: float = 0.0  # share of judge replies that are not JSON at all
     judge_good_first: int = 0  # this many judge replies are valid before p_judge_malformed applies
     reject_models: dict = field(default_factory=dict)  # model -> HTTP status (401 echoes the caller's key)
+    reject_after: int | None = None  # after this many requests every request gets a key-echoing 401
     code_answers: bool = False  # synthesis pairs are code answers ending in `};`, `)` etc.
 
 
@@ -167,6 +168,8 @@ class FakeOpenAIServer:
                     return
                 body = json.loads(raw)
                 status = b.reject_models.get(body.get("model"))
+                if b.reject_after is not None and server.requests > b.reject_after:
+                    status = 401
                 if status:
                     server.statuses[status] += 1
                     key = self.headers.get("Authorization", "")

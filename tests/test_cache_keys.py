@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.fake_service import FakeBehaviour, FakeOpenAIServer
+from tests.prefect_db import query
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH_TEMPLATE = (ROOT / "llamaduo" / "prompts" / "synth.j2").read_text()
@@ -37,23 +38,16 @@ def run(config_path, workdir, *overrides):
 
 def task_states(workdir: Path) -> dict[str, set[str]]:
     """State names of the latest migration's task runs, by task name (read from the run's own database)."""
-    code = ("import asyncio, json\n"
-            "from prefect.client.orchestration import get_client\n"
-            "async def main():\n"
-            "    async with get_client() as c:\n"
-            "        runs = [r for r in await c.read_flow_runs() if r.name.startswith('migrate-')]\n"
-            "        since = max(r.start_time for r in runs)\n"
-            "        out = {}\n"
-            "        for t in await c.read_task_runs():\n"
-            "            if t.start_time and t.start_time >= since:\n"
-            "                out.setdefault(t.name.rsplit('-', 1)[0], []).append(t.state_name)\n"
-            "        print(json.dumps(out))\n"
-            "asyncio.run(main())\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(workdir / ".prefect")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return {k: set(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    states = query(workdir, """
+runs = [r for r in await c.read_flow_runs() if r.name.startswith('migrate-')]
+since = max(r.start_time for r in runs)
+out = {}
+for t in await c.read_task_runs():
+    if t.start_time and t.start_time >= since:
+        out.setdefault(t.name.rsplit('-', 1)[0], []).append(t.state_name)
+print(json.dumps(out))
+""")
+    return {k: set(v) for k, v in states.items()}
 
 
 @pytest.mark.slow  # five real CLI runs (~6 min): run by make test-integration / .ci/run

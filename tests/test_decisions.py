@@ -19,6 +19,7 @@ from llamaduo.records import Artifact, ServiceStats
 from llamaduo.service import Request, ServiceClient, check_pricing
 from llamaduo.store import atomic_write_jsonl
 from tests.fake_service import FakeBehaviour, FakeOpenAIServer
+from tests.prefect_db import query
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-decisions-secret-123456"
@@ -235,3 +236,31 @@ def test_failing_judge_mid_run_stops_with_exit_4_and_a_summary(small_run):
     assert summary["stop_reason"] == "service_failing" and "judging" in summary["stop_detail"]
     assert summary["data"]["removed"] == {"duplicate": 4} and summary["data"]["test_rows"] == 4
     assert not list((tmp_path / f"w{attempt}").glob("rounds/round_01/adapter")), "stopped before training"
+
+
+def _prefect_logs(workdir: Path) -> str:
+    return "\n".join(query(workdir, "print(json.dumps([l.message for l in await c.read_logs(limit=200)]))"))
+
+
+def test_key_echoed_by_a_provider_mid_run_reaches_no_file_log_or_stream(small_run):
+    """The key is revoked mid-run and the gateway echoes it in its 401: the run stops (exit 4) and
+    the key is in no file of the run directory, no Prefect log row and no output stream."""
+    tmp_path, config = small_run
+    config["judge"]["model"] = None
+    with FakeOpenAIServer(FakeBehaviour(reject_after=6, pool=POOL)) as server:
+        config["service"]["api_base"] = server.url
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+        out = _cli(["run", str(tmp_path / "run.yaml"), "--workdir", str(tmp_path / "w")], {"FAKE_SERVICE_KEY": KEY},
+                   timeout=600)
+        assert server.statuses[401] > 0, "the provider did refuse (and echo the key)"
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-3000:]
+    assert KEY not in out.stdout + out.stderr
+    logs = _prefect_logs(tmp_path / "w")
+    assert "failed" in logs and KEY not in logs
+    checked = 0
+    for f in (tmp_path / "w").rglob("*"):
+        if f.is_file():  # the Prefect database and result files included
+            checked += 1
+            assert KEY.encode() not in f.read_bytes(), f
+    failures = "".join(p.read_text() for p in (tmp_path / "w").rglob("*.failures.jsonl"))
+    assert "[REDACTED]" in failures and checked > 5

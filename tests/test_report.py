@@ -33,3 +33,17 @@ def test_plot_is_a_png(tmp_path):
     p = plot_rounds([base, PREV, ENTRY], tmp_path / "m.png", metric="judge_score", threshold=70,
                     baselines={"service LLM": {"judge_score": 85}})
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_round_report_inlines_the_plot_for_the_ui_and_links_the_file(tmp_path):
+    import base64
+
+    from llamaduo.report import write_round_report
+
+    md, items = write_round_report(tmp_path, ENTRY, PREV, [PREV, ENTRY], {}, metric="judge_score", threshold=70,
+                                   teacher_note="", out="rounds/round_02/report.md")
+    inline = md.split("](data:image/png;base64,", 1)[1].split(")", 1)[0]
+    assert base64.b64decode(inline)[:8] == b"\x89PNG\r\n\x1a\n", "the UI's copy carries the image itself"
+    on_disk = (tmp_path / "rounds/round_02/report.md").read_text()
+    assert "![metrics per round](../../report/metrics.png)" in on_disk and "base64" not in on_disk
+    assert items == [] and (tmp_path / "report/metrics.png").is_file()
