@@ -24,6 +24,7 @@ from tasks.data import prepare_data, prepare_student
 from tasks.evaluate import service_answers
 from tasks.export import export
 
+from .form import RunSettings, provider
 from .round import migration_round
 from .stages import answer_and_judge, judge_answers, service_stage
 from .state import LoopState, StopLoop, record_round, summary_for
@@ -115,17 +116,19 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
 
 
 @flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", log_prints=True, **RESULT_OPTIONS)
-def migrate_config_file(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None,
-                        workdir: str | None = None) -> dict:
+def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSettings | None = None,
+                        overrides: list[str] | None = None, workdir: str | None = None) -> dict:
     """Deployment entry point, for the Prefect UI form and API triggers.
 
     Runs the same preflight as the CLI (data, templates, keys, prices, the student, one real
     call to the service and to the judge) before anything is spent.
 
     Args:
-        config_path: YAML config, relative to the project directory or absolute.
-        overrides: `dotted.key=value` overrides, e.g. `gate.threshold=80`.
-        workdir: run directory (default `runs/<name>`); the result names its summary.json.
+        config_path: YAML config inside the project directory.
+        settings: the knobs people change when they schedule a run (empty = the config's value).
+        overrides: other `dotted.key=value` overrides, e.g. `train.lora_r=8`, limited by the
+            operator's allow-list (`llamaduo_run_overrides` in deployments/prefect.yaml).
+        workdir: run directory inside the project (default `runs/<name>`).
     """
     from llamaduo.config import check_run_overrides, load_config
     from llamaduo.errors import InputError
@@ -136,7 +139,15 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", overrides: list[
         if value and project.resolve() not in (p := (project / value).resolve(), *p.parents):
             raise InputError("must stay inside the project directory", field=name)
     check_run_overrides(overrides or [], run_override_allow_list(project), project)
-    cfg = load_config(config_path, overrides or [])
+    if settings is not None:
+        base = load_config(config_path)
+        for name, model, configured in (("settings.service_model", settings.service_model, base.service.model),
+                                        ("settings.judge_model", settings.judge_model, base.judge_model)):
+            if model and provider(model) != provider(configured):  # another provider would get this key
+                raise InputError(f"must stay on the provider of {configured!r}", field=name)
+        check_run_overrides([o for o in settings.to_overrides() if o.startswith("student.model=")], ["student.model"],
+                            project)
+    cfg = load_config(config_path, (settings.to_overrides() if settings else []) + (overrides or []))
     workdir = workdir or str(Path("runs") / cfg.name)
     pf = preflight(cfg, Path(workdir))
     for w in pf.warnings:

@@ -104,7 +104,38 @@ def build_trainer(spec: TrainSpec):
                          peft_config=peft_cfg)
     trainer.llamaduo_meta = {"rows": len(rows), "micro_batch": micro, "grad_accum": accum,
                              "quantized_4bit": _use_4bit(cfg)}
+    trainer.add_callback(_progress_callback(progress_path(spec)))
     return trainer
+
+
+def progress_path(spec: TrainSpec) -> Path:
+    return Path(spec.output_dir).with_suffix(".progress.json")
+
+
+def _progress_callback(path: Path):
+    """Steps and epochs as they happen, in a small file the parent process shows as progress."""
+    from transformers import TrainerCallback
+
+    class ProgressFile(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                atomic_write_json(path, {"step": state.global_step, "max_steps": state.max_steps,
+                                         "epoch": round(state.epoch or 0.0, 3)})
+
+    return ProgressFile()
+
+
+def _watch_progress(path: Path, on_progress, stop) -> None:
+    last, done = None, False
+    while not done:
+        done = stop.wait(2.0)  # one last look after training ends
+        try:
+            p = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if p != last:
+            last = p
+            on_progress(p["step"], p["max_steps"])
 
 
 def checkpoint_dir(spec: TrainSpec) -> Path:
@@ -172,9 +203,27 @@ def launch_command(n_gpus: int, spec_path: str, result_path: str) -> list[str]:
     return [sys.executable, "-m", "llamaduo.train", spec_path, result_path]
 
 
-def run_training(spec: TrainSpec, *, subprocess_mode: bool = True) -> dict:
-    """Train (in a child process unless told otherwise) and return its stats."""
+def run_training(spec: TrainSpec, *, subprocess_mode: bool = True, on_progress=None) -> dict:
+    """Train (in a child process unless told otherwise) and return its stats; `on_progress(step,
+    max_steps)` is called as training advances."""
+    import threading
+
     Path(spec.output_dir).parent.mkdir(parents=True, exist_ok=True)
+    progress_path(spec).unlink(missing_ok=True)
+    stop = threading.Event()
+    watcher = None
+    if on_progress is not None:
+        watcher = threading.Thread(target=_watch_progress, args=(progress_path(spec), on_progress, stop), daemon=True)
+        watcher.start()
+    try:
+        return _train_here_or_in_child(spec, subprocess_mode)
+    finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join(timeout=5)
+
+
+def _train_here_or_in_child(spec: TrainSpec, subprocess_mode: bool) -> dict:
     if not subprocess_mode:
         return train_lora(spec)
     spec_path = Path(spec.output_dir).with_suffix(".spec.json")
@@ -237,13 +286,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def finetune(root: str | Path, train: TrainConfig, student: StudentRef, system_prompt: str | None,
-             training_set: Artifact, out: str, *, micro_batch: int | None = None) -> FinetuneResult:
+             training_set: Artifact, out: str, *, micro_batch: int | None = None, on_progress=None) -> FinetuneResult:
     """LoRA SFT of the student on `training_set`; the adapter lands in `out` (relative to root)."""
     t0 = time.time()
     root = Path(root)
     spec = TrainSpec(base_model=student.path, data_path=str(training_set.at(root)), output_dir=str(root / out),
                      train=train, system_prompt=system_prompt, micro_batch=micro_batch)
-    stats = run_training(spec, subprocess_mode=train.subprocess)
+    stats = run_training(spec, subprocess_mode=train.subprocess, on_progress=on_progress)
     return FinetuneResult(adapter=Artifact.of(root, out), stats=stats, seconds=round(time.time() - t0, 3))
 
 

@@ -14,7 +14,7 @@ from llamaduo.gpu import is_retryable_gpu_error, micro_batch_for_attempt
 from llamaduo.records import Artifact, FinetuneResult, StudentRef
 from llamaduo.train import finetune as finetune_student
 
-from ._policy import STAGE_OPTIONS
+from ._policy import STAGE_OPTIONS, progress_reporter
 
 
 def retry_on_gpu_error(task, task_run_obj, state) -> bool:
@@ -32,7 +32,9 @@ GPU_RETRIES = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on
 def finetune(root: str, train: TrainConfig, student: StudentRef, system_prompt: str | None, training_set: Artifact,
              out: str) -> FinetuneResult:
     attempt = task_run.run_count or 1
+    report = progress_reporter(f"training steps: {out}")
     result = finetune_student(root, train, student, system_prompt, training_set, out,
-                              micro_batch=micro_batch_for_attempt(train.batch_size, attempt))
+                              micro_batch=micro_batch_for_attempt(train.batch_size, attempt),
+                              on_progress=(lambda step, total: report(step, max(total, 1))) if report else None)
     result.stats["attempt"] = attempt
     return result

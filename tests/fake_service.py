@@ -55,7 +55,7 @@ class FakeBehaviour:
     judge_good_first: int = 0  # this many judge replies are valid before p_judge_malformed applies
     reject_models: dict = field(default_factory=dict)  # model -> HTTP status (401 echoes the caller's key)
     reject_after: int | None = None  # after this many requests every request gets a key-echoing 401
-    code_answers: bool = False  # synthesis pairs are code answers ending in `};`, `)` etc.
+    synth_finish_reason: str = "stop"  # "length": synthesis replies say they stopped at max_tokens
 
 
 class FakeOpenAIServer:
@@ -184,7 +184,7 @@ class FakeOpenAIServer:
                 delivered = self._send(200, {
                     "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                     "model": body.get("model", "fake"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
+                    "choices": [{"index": 0, "finish_reason": b.synth_finish_reason if kind == "synth" else "stop",
                                  "message": {"role": "assistant", "content": text}}],
                     "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
                               "total_tokens": (len(prompt) + len(text)) // 4},

@@ -264,3 +264,21 @@ def test_key_echoed_by_a_provider_mid_run_reaches_no_file_log_or_stream(small_ru
             assert KEY.encode() not in f.read_bytes(), f
     failures = "".join(p.read_text() for p in (tmp_path / "w").rglob("*.failures.jsonl"))
     assert "[REDACTED]" in failures and checked > 5
+
+
+def test_provider_truncation_signal_drops_the_cut_off_pair(tmp_path, monkeypatch):
+    """finish_reason == "length": the reply stopped at max_tokens, so its last pair is incomplete."""
+    from llamaduo.data import Example
+    from llamaduo.synth import synthesize_wave
+
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    atomic_write_jsonl(tmp_path / "train.jsonl", [Example(f"s{i}", f"Seed question {i}", "blue").to_dict()
+                                                  for i in range(4)])
+    with FakeOpenAIServer(FakeBehaviour(pool=POOL, synth_finish_reason="length")) as server:
+        lim = ServiceConfig(model="openai/fake", api_base=server.url, api_key_env="FAKE_KEY", rpm=6000)
+        ep = Endpoint(model="openai/fake", api_base=server.url, api_key_env="FAKE_KEY")
+        res = synthesize_wave(tmp_path, SynthConfig(pairs_per_request=3), ep, lim, BudgetConfig(max_usd=0),
+                              ServiceStats(), Artifact.of(tmp_path, "train.jsonl"), round_no=1, wave=0,
+                              n_requests=2, seed_offset=0, split_seed=1, val_judged=None, out="cand.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "cand.jsonl").read_text().splitlines()]
+    assert res.rows == 6 and sum(r.get("invalid") == "truncated" for r in rows) == 2

@@ -155,7 +155,15 @@ def _deploy_trigger(tmp_path, project_tmp, tiny_model_dir):
         (tmp_path / "open").mkdir()
         try:
             stack.up()
-            fr = trigger_and_wait(stack, params, "caller-retry-1")
+            # the typed form: Prefect itself refuses a threshold off every metric's scale
+            _, dep = http("GET", f"{stack.api}/deployments/name/llamaduo-migrate-file/llamaduo-migrate")
+            status, _ = http("POST", f"{stack.api}/deployments/{dep['id']}/create_flow_run",
+                             {"parameters": {**params, "settings": {"gate_threshold": 150}}})
+            assert status in (409, 422), status
+            assert http("POST", f"{stack.api}/flow_runs/filter", {})[1] == [], "no run was created"
+            schema = dep["parameter_openapi_schema"]
+            assert "settings" in schema["properties"] and "RunSettings" in json.dumps(schema)
+            fr = trigger_and_wait(stack, {**params, "settings": {"max_rounds": 3}}, "caller-retry-1")
         finally:
             stack.down()
         summary = json.loads((project_tmp / "run" / "summary.json").read_text())

@@ -104,7 +104,10 @@ def test_loop_fails_then_passes_and_rerun_is_free(e2e_setup):
         assert rounds[1]["train_rows"] == rounds[0]["train_rows"] + 16
         final = Path(summary["final_model_dir"])
         assert (final / "merged" / "model.safetensors").is_file() and (final / "adapter" / "adapter_config.json").is_file()
-        assert "judge_score" in (final / "README.md").read_text()
+        card = (final / "README.md").read_text()
+        assert "judge_score" in card and "Verdict for this model: **passed**" in card
+        assert summary["exported_round"] == rounds[-1]["round"] and summary["exported_round_passed"] is True
+        assert summary["export_check"]["reproduces"] is True, "the exported weights give the evaluated answers"
         assert requests_after_first == summary["service_total"]["calls"] == \
             sum(r["service"]["calls"] for r in summary["rounds"]) + 4 + 4 * 2 + summary["preflight"]["calls"], \
             "all calls accounted for"

@@ -111,3 +111,19 @@ def test_no_pickle_in_persisted_results_of_a_run():
     for o in objs:
         assert isinstance(o.result_serializer, RecordJSONSerializer), o.name
         assert o.persist_result is True, o.name
+
+
+def test_typed_form_maps_to_overrides_and_keeps_providers(prefect_harness, monkeypatch):
+    from flows.form import RunSettings
+    from flows.migrate import migrate_config_file
+
+    s = RunSettings(gate_threshold=80, max_rounds=2, max_usd=1.5, judge_model="openai/gpt-4o")
+    assert s.to_overrides() == ["judge.model=openai/gpt-4o", "gate.threshold=80.0", "gate.max_rounds=2",
+                                "budget.max_usd=1.5"]
+    with pytest.raises(Exception):
+        RunSettings(gate_threshold=150)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(InputError, match="settings.service_model"):
+        migrate_config_file("configs/openai.yaml", settings=RunSettings(service_model="anthropic/claude-3-5-haiku"),
+                            workdir="runs/never-created")
+    assert not (ROOT / "runs" / "never-created").exists()

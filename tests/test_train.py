@@ -81,3 +81,9 @@ def test_interrupted_training_resumes_from_last_checkpoint(spec, tmp_path, monke
     stats = train_mod.train_lora(spec)
     assert stats["resumed_from"] == "checkpoint-2" and stats["steps"] == 6
     assert not train_mod.checkpoint_dir(spec).exists() and (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_training_reports_progress_while_it_runs(spec):
+    seen = []
+    run_training(spec, subprocess_mode=False, on_progress=lambda step, total: seen.append((step, total)))
+    assert seen and seen[-1][0] == seen[-1][1] > 0, seen
