@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 WORKDIR ?= runs/demo
 
-.PHONY: install demo test test-integration test-all clean
+.PHONY: install demo test test-integration ui-deps test-ui test-all clean
 
 install: $(STAMP)
 
@@ -28,9 +28,18 @@ test: install
 	$(BIN)/python -m pytest -q
 
 test-integration: install
-	$(BIN)/python -m pytest -q -m slow tests/test_deployment.py tests/test_cache_keys.py
+	$(BIN)/python -m pytest -q -m slow tests/test_deployment.py tests/test_cache_keys.py tests/test_signals.py
 
-test-all: install
+# A real browser against a real Prefect server: Debian's chromium + Playwright for Python (no browser download).
+ui-deps: install
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium could not be installed: the UI test will skip"
+	$(BIN)/python -m pip install -q "playwright>=1.40"
+
+test-ui: ui-deps
+	$(BIN)/python -m pytest -q -m slow tests/test_ui.py
+
+test-all: ui-deps
 	$(BIN)/python -m pytest -q -m ""
 
 clean:

@@ -120,7 +120,7 @@ def test_round_report_plot_and_subflows_visible_in_the_ui(tmp_path, tiny_model_d
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{base}/runs/flow-run/{parent['id']}", wait_until="networkidle")
-        page.get_by_role("tab", name="Subflow Runs").click()
+        page.get_by_text("Subflow Runs", exact=True).first.click()
         page.get_by_text("round-1").first.wait_for(timeout=30000)
         page.screenshot(path=str(SHOTS / "flow-run-subflows.png"), full_page=True)
 
