@@ -52,7 +52,8 @@ def main(tok_dir: str, out: str) -> int:
     data = atomic_write_jsonl(out_dir / "train.jsonl", rows)
     train_cfg = {"epochs": 3, "batch_size": 8, "max_length": 128, "learning_rate": 2e-3, "quantization": "auto"}
     t0 = time.time()
-    stats = run_training(TrainSpec(str(model_dir), str(data), str(out_dir / "adapter"), train_cfg))
+    stats = run_training(TrainSpec(base_model=str(model_dir), data_path=str(data),
+                                   output_dir=str(out_dir / "adapter"), train=train_cfg))
     report["qlora"] = {**stats, "wall_s": round(time.time() - t0, 1)}
     answers, istats = generate_answers(str(model_dir), str(out_dir / "adapter"), rows[:8], system_prompt=None,
                                        max_new_tokens=8, batch_size=8)
@@ -67,8 +68,8 @@ def main(tok_dir: str, out: str) -> int:
     attempts = []
     for attempt in range(1, 8):
         micro = micro_batch_for_attempt(64, attempt)
-        spec = TrainSpec(str(model_dir), str(out_dir / "long.jsonl"), str(out_dir / "adapter_oom"), oom_cfg,
-                         micro_batch=micro)
+        spec = TrainSpec(base_model=str(model_dir), data_path=str(out_dir / "long.jsonl"),
+                         output_dir=str(out_dir / "adapter_oom"), train=oom_cfg, micro_batch=micro)
         try:
             s = run_training(spec)
             attempts.append({"attempt": attempt, "micro_batch": s["micro_batch"], "grad_accum": s["grad_accum"],
