@@ -82,8 +82,7 @@ def _stopped_by_signal(exc: BaseException) -> int:
     import signal
 
     signum = getattr(exc, "signal", None) or (signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
-    print(f"\nstopped by {signal.Signals(signum).name}: finished stages are saved; re-run the same command to "
-          "resume", file=sys.stderr)
+    print(f"\n{signal.Signals(signum).name}: stopping the run", file=sys.stderr)
     _stop_children()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -128,11 +127,76 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PASSED
     workdir.mkdir(parents=True, exist_ok=True)
     _prefect_env(workdir)
+    return _supervise(cfg, workdir, pf.probe)
+
+
+STOP_GRACE_S = 10.0
+
+
+def _supervise(cfg, workdir: Path, probe) -> int:
+    """Run the flow in a child process and stay able to stop it. A SIGTERM or SIGINT is passed
+    on; the child marks its flow run, stops its training process and exits at once; if anything
+    there lingers past STOP_GRACE_S, its whole process group is killed. Every finished stage is
+    cached and every received reply is in the reply cache: the same command resumes."""
+    import signal
+    import subprocess
+
+    spec = workdir / ".llamaduo" / "invocation.json"
+    from llamaduo.store import atomic_write_json
+
+    atomic_write_json(spec, {"config": cfg.model_dump(mode="json"), "workdir": str(workdir),
+                             "probe": probe.model_dump(mode="json")})
+    child = subprocess.Popen([sys.executable, "-m", "flows.cli", "_flow", str(spec)], start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        if not received:
+            received.append(signum)
+            # SIGTERM either way: Prefect turns it into a crash of the flow run at the next bytecode,
+            # where a forwarded SIGINT would raise KeyboardInterrupt inside any library callback.
+            child.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    deadline = None
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.time() + STOP_GRACE_S
+                if deadline is not None and time.time() > deadline:
+                    os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        try:  # the child's session: a training process or temporary server it left behind
+            os.killpg(child.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        print(f"stopped by {signal.Signals(received[0]).name}: finished stages are saved; re-run the same command "
+              "to resume", file=sys.stderr)
+        return 128 + received[0]
+    return code
+
+
+def _flow_main(spec_path: str) -> int:
+    """The child process of `llamaduo run`: the Prefect flow itself."""
+    import json
+
+    from llamaduo.config import RunConfig
+    from llamaduo.errors import InputError
+    from llamaduo.records import ServiceStats
+
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    cfg, workdir = RunConfig.model_validate(spec["config"]), Path(spec["workdir"])
     t0 = time.time()
     try:
         from flows.migrate import migrate
 
-        result = migrate(cfg, str(workdir), pf.probe)
+        result = migrate(cfg, str(workdir), ServiceStats.model_validate(spec["probe"]))
     except (KeyboardInterrupt, _termination_signal()) as exc:
         return _stopped_by_signal(exc)
     except InputError as exc:
@@ -163,4 +227,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["_flow"]:
+        raise SystemExit(_flow_main(sys.argv[2]))
     raise SystemExit(main())
