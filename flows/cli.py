@@ -190,6 +190,14 @@ def _flow_main(spec_path: str) -> int:
     from llamaduo.errors import InputError
     from llamaduo.records import ServiceStats
 
+    stop_signals = (KeyboardInterrupt, _termination_signal())
+
+    def quiet_when_stopping(unraisable) -> None:
+        # A stop signal that lands inside a finalizer (__del__, weakref callbacks) is not an error.
+        if not isinstance(unraisable.exc_value, stop_signals):
+            sys.__unraisablehook__(unraisable)
+
+    sys.unraisablehook = quiet_when_stopping
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     cfg, workdir = RunConfig.model_validate(spec["config"]), Path(spec["workdir"])
     t0 = time.time()
@@ -197,7 +205,7 @@ def _flow_main(spec_path: str) -> int:
         from flows.migrate import migrate
 
         result = migrate(cfg, str(workdir), ServiceStats.model_validate(spec["probe"]))
-    except (KeyboardInterrupt, _termination_signal()) as exc:
+    except stop_signals as exc:
         return _stopped_by_signal(exc)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

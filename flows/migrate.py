@@ -59,7 +59,9 @@ def _base_student(cfg: RunConfig, root: str, student: StudentRef, data: SplitRes
         judged=ev.judged, answers=inf.answers, infer_stats=inf.stats))
 
 
-@flow(name="llamaduo-migrate", flow_run_name="migrate-{config.name}", log_prints=True, **RESULT_OPTIONS)
+# No log_prints: it diverts every library print into the run log (dill's captured `dis` output
+# became pages of bytecode in the UI, and dill then saw no globals).
+@flow(name="llamaduo-migrate", flow_run_name="migrate-{config.name}", **RESULT_OPTIONS)
 def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | None = None) -> dict:
     """Migrate one task from the service LLM to the student; returns where the results are and
     what this invocation did. Call `llamaduo.preflight.preflight` first (the CLI and
@@ -115,7 +117,7 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
             "invocation": state.invocation.model_dump()}
 
 
-@flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", log_prints=True, **RESULT_OPTIONS)
+@flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", **RESULT_OPTIONS)
 def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSettings | None = None,
                         overrides: list[str] | None = None, workdir: str | None = None) -> dict:
     """Deployment entry point, for the Prefect UI form and API triggers.

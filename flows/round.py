@@ -58,7 +58,7 @@ def _synthesize_round(cfg: RunConfig, root: str, data: SplitResult, round_no: in
     return kept_parts, dropped
 
 
-@flow(name="migration-round", flow_run_name="round-{round_no}", log_prints=True, **RESULT_OPTIONS)
+@flow(name="migration-round", flow_run_name="round-{round_no}", **RESULT_OPTIONS)
 def migration_round(cfg: RunConfig, workdir: str, student: StudentRef, data: SplitResult, round_no: int,
                     state: LoopState) -> LoopState:
     log = get_run_logger()

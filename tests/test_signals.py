@@ -87,6 +87,7 @@ def test_signal_stops_quickly_and_the_same_command_resumes(setup, sig, stage):
             proc.kill()
             raise AssertionError(f"still running 15 s after {sig.name}")
         elapsed = time.time() - t0
+        print(f"\n--- stderr after {sig.name} ---\n" + err[-4000:])
         assert proc.returncode == 128 + sig, (proc.returncode, err[-3000:])
         assert "re-run the same command to resume" in err and "Traceback" not in err[-2000:]
         time.sleep(2)
