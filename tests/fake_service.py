@@ -65,6 +65,7 @@ class FakeOpenAIServer:
         self.answered: Counter = Counter()  # body sha -> 200 replies sent
         self.statuses: Counter = Counter()
         self.kinds: Counter = Counter()  # 200 replies by request kind: synth / judge / plain
+        self.bodies: list[dict] = []  # every request body received
         self._lock = threading.Lock()
         self._window: deque = deque()
         self._rng = random.Random(self.behaviour.seed)
@@ -167,6 +168,7 @@ class FakeOpenAIServer:
                     time.sleep(b.hang_s)
                     return
                 body = json.loads(raw)
+                server.bodies.append(body)
                 status = b.reject_models.get(body.get("model"))
                 if b.reject_after is not None and server.requests > b.reject_after:
                     status = 401
