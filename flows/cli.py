@@ -66,6 +66,10 @@ def _prefect_env(workdir: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Progress bars are for a terminal; in a log file (make demo > log, a worker, CI) every update
+    # is another line. The Prefect UI shows progress artifacts instead.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def _termination_signal() -> type[BaseException]:

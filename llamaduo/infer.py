@@ -23,9 +23,13 @@ def load_student(base_model: str, adapter_dir: str | None):
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     if adapter_dir:
+        import warnings
+
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        with warnings.catch_warnings():  # peft asks the model a deprecated transformers question
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     model.eval()
     return model.to("cuda") if cuda else model
 
