@@ -326,3 +326,21 @@ def test_estimate_counts_samples_repeats_validation_waves_and_baselines():
     assert est["run_calls_max"] == (6 + est["judge_calls"]) * 2 + est["baseline_calls"]
     assert est["run_cost_usd_max"] > 2 * est["cost_usd"] > 0
     assert any("temperature 0" in w for w in warnings_for(paper))
+
+
+def test_budget_stop_is_a_normal_outcome_with_its_spend_recorded(small_run):
+    """The cap is reached while judging round 0: exit 3, stop_reason budget, no traceback, and the
+    calls of the stage that hit the cap are in the summary."""
+    tmp_path, config = small_run
+    config["judge"]["model"] = None
+    config["budget"]["max_calls"] = 5  # 2 preflight probes + 3 of round 0's 6 judgements
+    with FakeOpenAIServer(FakeBehaviour(pool=POOL)) as server:
+        config["service"]["api_base"] = server.url
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+        out = _cli(["run", str(tmp_path / "run.yaml"), "--workdir", str(tmp_path / "w")], {"FAKE_SERVICE_KEY": KEY},
+                   timeout=600)
+        sent = server.requests
+    assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "Traceback" not in out.stdout + out.stderr and "stop_reason=budget" in out.stdout
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["stop_reason"] == "budget" and summary["service_total"]["calls"] == sent == 5
