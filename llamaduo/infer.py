@@ -54,7 +54,9 @@ def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict]
     new_tokens = 0
     t0 = time.time()
     torch.manual_seed(0)
-    for start in tqdm(range(0, len(prompts), batch_size), desc="infer", unit="batch", disable=not progress,
+    # disable=None: a bar on a terminal only (a log file would get every update as a line)
+    for start in tqdm(range(0, len(prompts), batch_size), desc="infer", unit="batch",
+                      disable=None if progress else True,
                       leave=False):
         batch = tok(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(model.device)

@@ -335,7 +335,7 @@ class ServiceClient:
         limiter = AsyncLimiter(1, 60 / self.limits.rpm)
         tpm_limiter = AsyncLimiter(self.limits.tpm / 6, 10) if self.limits.tpm else None
         salt = {**(salt or {}), "structured": self.structured}
-        bar = tqdm(total=len(requests), desc=desc, unit="call", disable=not self.progress, leave=False)
+        bar = tqdm(total=len(requests), desc=desc, unit="call", disable=None if self.progress else True, leave=False)
         done, failed = 0, 0
         # The breaker looks at a handful of finished calls before judging the provider.
         min_seen = min(len(requests), max(4, self.limits.max_concurrency))
