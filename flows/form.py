@@ -39,7 +39,3 @@ class RunSettings(BaseModel):
                 "rows_per_round": "synth.rows_per_round", "max_calls": "budget.max_calls",
                 "max_usd": "budget.max_usd"}
         return [f"{keys[name]}={value}" for name, value in self.model_dump().items() if value is not None]
-
-
-def provider(model: str | None) -> str | None:
-    return model.split("/", 1)[0] if model and "/" in model else model

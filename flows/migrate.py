@@ -10,11 +10,10 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from llamaduo.config import STANDIN_MODEL, RunConfig
-from llamaduo.gate import STOP_PASSED, best_round, decide
-from llamaduo.judge import parity
+from llamaduo.config import STANDIN_MODEL, RunConfig, provider_of
+from llamaduo.gate import STOP_PASSED, best_round
 from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
-from llamaduo.records import Evaluation, RoundRecord, ServiceStats, SplitResult, StudentRef
+from llamaduo.records import ServiceStats, SplitResult, StudentRef
 from llamaduo.standin import LABEL as STANDIN_LABEL
 from llamaduo.store import RunDir
 from llamaduo.summary import write_summary
@@ -24,9 +23,9 @@ from tasks.data import prepare_data, prepare_student
 from tasks.evaluate import service_answers
 from tasks.export import export
 
-from .form import RunSettings, provider
+from .form import RunSettings
 from .round import migration_round
-from .stages import answer_and_judge, judge_answers, service_stage
+from .stages import evaluate_student, judge_answers, round_record, service_stage
 from .state import LoopState, StopLoop, record_round, summary_for
 
 
@@ -43,20 +42,12 @@ def _service_baseline(cfg: RunConfig, root: str, data: SplitResult, state: LoopS
 def _base_student(cfg: RunConfig, root: str, student: StudentRef, data: SplitResult, state: LoopState) -> None:
     """Round 0: the base student, judged the same way on the same test items."""
     durations: dict = {}
-    ev, inf = answer_and_judge(cfg, root, state, student, None, data.test, "rounds/round_00/", "round 0", durations)
-    val = None
-    if data.val_rows:
-        val, _ = answer_and_judge(cfg, root, state, student, None, data.val, "rounds/round_00/val_",
-                                  "round 0 validation", durations)
-    service_metrics = state.baselines.get(BASELINE_SERVICE)
+    spent_before = state.spent
+    ev, inf, val = evaluate_student(cfg, root, state, student, None, data, 0, durations)
     state.baselines[BASELINE_BASE_STUDENT] = ev.metrics
     state.last_val_judged = val.judged if val else None
-    record_round(state, cfg, root, data, RoundRecord(
-        round=0, train_rows=0, synthetic_rows_added=0, metrics=ev.metrics, val_metrics=val.metrics if val else {},
-        gate=decide(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric), service_metrics, ev.judged_share),
-        parity=parity(ev.metrics, service_metrics) if service_metrics else {}, service=ev.service,
-        durations_s={k: round(v, 2) for k, v in durations.items()}, evaluation=Evaluation.of(ev),
-        judged=ev.judged, answers=inf.answers, infer_stats=inf.stats))
+    record_round(state, cfg, root, data, round_record(cfg, state, 0, ev, inf, val, state.spent.minus(spent_before),
+                                                      durations, train_rows=0, synthetic_rows_added=0))
 
 
 # No log_prints: it diverts every library print into the run log (dill's captured `dis` output
@@ -79,7 +70,7 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
     if not Path(student.path).exists():  # the converted weights were removed since: convert again
         student = prepare_student.with_options(refresh_cache=True)(student_id=cfg.student.model)
     data, _ = run_stage(prepare_data, "data/test.jsonl", root=root, data=cfg.data,
-                        near_dup_threshold=cfg.curate.near_dup_threshold, out="data")
+                        curate=cfg.curate, out="data")
     log.info("coverage data: %d train, %d validation, %d test rows (removed: %s)", data.train_rows, data.val_rows,
              data.test_rows, data.removed or "none")
     state = LoopState(train_parts=[data.train], train_rows=data.train_rows, spent=preflight_spend or ServiceStats(),
@@ -145,7 +136,7 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
         base = load_config(config_path)
         for name, model, configured in (("settings.service_model", settings.service_model, base.service.model),
                                         ("settings.judge_model", settings.judge_model, base.judge_model)):
-            if model and provider(model) != provider(configured):  # another provider would get this key
+            if model and provider_of(model) != provider_of(configured):  # another provider would get this key
                 raise InputError(f"must stay on the provider of {configured!r}", field=name)
         check_run_overrides([o for o in settings.to_overrides() if o.startswith("student.model=")], ["student.model"],
                             project)

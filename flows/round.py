@@ -14,17 +14,15 @@ from prefect import flow, get_run_logger
 
 from llamaduo.config import RunConfig
 from llamaduo.curate import DROP_SERVICE_FAILED
-from llamaduo.gate import decide, selection_value, stop_reason
-from llamaduo.judge import parity
-from llamaduo.metrics import BASELINE_SERVICE
-from llamaduo.records import Artifact, Evaluation, RoundRecord, ServiceStats, SplitResult, StudentRef
+from llamaduo.gate import selection_value, stop_reason
+from llamaduo.records import Artifact, SplitResult, StudentRef
 from llamaduo.service import budget_left
 from tasks._policy import run_stage
 from tasks._results import RESULT_OPTIONS
 from tasks.synth import curate, synthesize, training_set
 from tasks.train import finetune
 
-from .stages import answer_and_judge, service_stage
+from .stages import evaluate_student, round_record, service_stage
 from .state import LoopState, StopLoop, record_round
 
 
@@ -76,24 +74,16 @@ def migration_round(cfg: RunConfig, workdir: str, student: StudentRef, data: Spl
         if fresh:
             state.invocation.training_steps += int(ft.stats.get("steps", 0))
         durations["finetune"] += ft.seconds
-        ev, inf = answer_and_judge(cfg, workdir, state, student, ft.adapter, data.test, f"{rdir}/",
-                                   f"round {round_no}", durations)
-        val = None
-        if data.val_rows:
-            val, _ = answer_and_judge(cfg, workdir, state, student, ft.adapter, data.val, f"{rdir}/val_",
-                                      f"round {round_no} validation", durations)
+        ev, inf, val = evaluate_student(cfg, workdir, state, student, ft.adapter, data, round_no, durations)
     except StopLoop as stop:
         log.warning("stopping: %s", stop)
         return state.stop(stop.reason, stop.detail)
-    service_metrics = state.baselines.get(BASELINE_SERVICE)
-    decision = decide(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric), service_metrics, ev.judged_share)
     state.train_parts = state.train_parts + kept_parts
-    record_round(state, cfg, workdir, data, RoundRecord(
-        round=round_no, train_rows=ts.rows, synthetic_rows_added=ts.rows - state.train_rows, dropped=dict(dropped),
-        metrics=ev.metrics, val_metrics=val.metrics if val else {}, gate=decision,
-        service=_round_spend(state.spent, spent_before), durations_s={k: round(v, 2) for k, v in durations.items()},
-        evaluation=Evaluation.of(ev), parity=parity(ev.metrics, service_metrics) if service_metrics else {},
-        adapter=ft.adapter, judged=ev.judged, answers=inf.answers, train_stats=ft.stats, infer_stats=inf.stats))
+    record = round_record(cfg, state, round_no, ev, inf, val, state.spent.minus(spent_before), durations,
+                          train_rows=ts.rows, synthetic_rows_added=ts.rows - state.train_rows, dropped=dict(dropped),
+                          adapter=ft.adapter, train_stats=ft.stats)
+    decision = record.gate
+    record_round(state, cfg, workdir, data, record)
     state.train_rows = ts.rows
     state.last_val_judged = val.judged if val else None
     log.info("round %d gate: %s -> %s", round_no, decision.reason, "PASS" if decision.passed else "fail")
@@ -104,7 +94,3 @@ def migration_round(cfg: RunConfig, workdir: str, student: StudentRef, data: Spl
     if reason is not None:
         return state.stop(reason)
     return migration_round(cfg, workdir, student, data, round_no + 1, state)
-
-
-def _round_spend(after: ServiceStats, before: ServiceStats) -> ServiceStats:
-    return ServiceStats(**{k: round(getattr(after, k) - getattr(before, k), 6) for k in ServiceStats.model_fields})

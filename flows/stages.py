@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from llamaduo.config import RunConfig
 from llamaduo.gate import STOP_BUDGET, STOP_SERVICE_FAILING
-from llamaduo.records import AnswersResult, Artifact, EvalResult, StudentRef
+from llamaduo.gate import decide
+from llamaduo.judge import parity
+from llamaduo.metrics import BASELINE_SERVICE
+from llamaduo.records import (AnswersResult, Artifact, EvalResult, Evaluation, RoundRecord, ServiceStats,
+                              SplitResult, StudentRef)
 from tasks._policy import run_stage
 from tasks.evaluate import evaluate, infer
 
@@ -39,3 +43,29 @@ def answer_and_judge(cfg: RunConfig, root: str, state: LoopState, student: Stude
     ev = judge_answers(cfg, root, state, items, inf.answers, label, f"{prefix}judged.jsonl")
     durations["evaluate"] = durations.get("evaluate", 0.0) + ev.seconds
     return ev, inf
+
+
+def evaluate_student(cfg: RunConfig, root: str, state: LoopState, student: StudentRef, adapter: Artifact | None,
+                     data: SplitResult, round_no: int, durations: dict
+                     ) -> tuple[EvalResult, AnswersResult, EvalResult | None]:
+    """Round k's student (round 0: the base student) on the test split, and on the validation
+    split when there is one."""
+    rdir = f"rounds/round_{round_no:02d}/"
+    ev, inf = answer_and_judge(cfg, root, state, student, adapter, data.test, rdir, f"round {round_no}", durations)
+    val = None
+    if data.val_rows:
+        val, _ = answer_and_judge(cfg, root, state, student, adapter, data.val, f"{rdir}val_",
+                                  f"round {round_no} validation", durations)
+    return ev, inf, val
+
+
+def round_record(cfg: RunConfig, state: LoopState, round_no: int, ev: EvalResult, inf: AnswersResult,
+                 val: EvalResult | None, spend: ServiceStats, durations: dict, **fields) -> RoundRecord:
+    """The round's record with its gate decision (and parity when there is a service baseline)."""
+    service_metrics = state.baselines.get(BASELINE_SERVICE)
+    return RoundRecord(
+        round=round_no, metrics=ev.metrics, val_metrics=val.metrics if val else {},
+        gate=decide(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric), service_metrics, ev.judged_share),
+        parity=parity(ev.metrics, service_metrics) if service_metrics else {}, service=spend,
+        durations_s={k: round(v, 2) for k, v in durations.items()}, evaluation=Evaluation.of(ev),
+        judged=ev.judged, answers=inf.answers, infer_stats=inf.stats, **fields)

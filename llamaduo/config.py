@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import InputError
 from .metrics import check_threshold
 from .store import sha256_path
+from .templates import is_file_spec
 
 STANDIN_MODEL = "llamaduo-standin/teacher"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -38,16 +39,16 @@ class _Section(BaseModel):
             value = getattr(self, name)
             if extra.get("keyed") is False:
                 continue
-            if extra.get("file") and isinstance(value, str) and _is_file_spec(value):
-                out[name] = {"sha256": sha256_path(value)} if Path(value).exists() else {"missing": value}
+            if extra.get("file") and isinstance(value, str) and is_file_spec(value):
+                out[name] = file_fingerprint(value)
             else:
                 out[name] = value.fingerprint() if isinstance(value, _Section) else value
         return out
 
 
-def _is_file_spec(value: str) -> bool:
-    """Template fields hold inline text or a path; data fields always a path."""
-    return "\n" not in value and "{{" not in value
+def file_fingerprint(path: str) -> dict:
+    """A file (or datasets directory) by content: a moved copy keeps, an edited one changes, a key."""
+    return {"sha256": sha256_path(path)} if Path(path).exists() else {"missing": path}
 
 
 def _check_env_name(value: str | None, field: str) -> str | None:
@@ -96,16 +97,9 @@ class DataConfig(_Section):
     max_row_chars: int = Field(100_000, gt=0, description="A row whose instruction or response is longer is an "
                                "input error (a sanity limit).")
 
-    @field_validator("test_size")
+    @field_validator("test_size", "val_size")
     @classmethod
-    def _test_size(cls, v: float) -> float:
-        if 1 <= v and v != int(v):
-            raise ValueError("must be a fraction below 1 or a whole row count")
-        return v
-
-    @field_validator("val_size")
-    @classmethod
-    def _val_size(cls, v: float) -> float:
+    def _fraction_or_count(cls, v: float) -> float:
         if 1 <= v and v != int(v):
             raise ValueError("must be a fraction below 1 or a whole row count")
         return v
@@ -147,16 +141,25 @@ class ServiceConfig(_EndpointChecks):
 
 
 
+def provider_of(model: str | None) -> str | None:
+    """The litellm provider prefix of a model string (`openai` of `openai/gpt-4o`), else the string."""
+    return model.split("/", 1)[0] if model and "/" in model else model
+
+
+def is_standin_model(model: str) -> bool:
+    return provider_of(model) == provider_of(STANDIN_MODEL) and "/" in model
+
+
 def check_provider(model: str) -> str:
     """An unknown provider prefix (`opnai/gpt-4o`) fails at every call: refuse it up front."""
-    if "/" not in model or model.startswith(STANDIN_MODEL.split("/")[0] + "/"):
+    if "/" not in model or is_standin_model(model):
         return model
     import os
 
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from litellm import provider_list
 
-    prefix = model.split("/", 1)[0]
+    prefix = provider_of(model)
     known = {str(getattr(p, "value", p)) for p in provider_list}
     if prefix not in known:
         raise ValueError(f"unknown litellm provider {prefix!r} (e.g. openai/, anthropic/, gemini/, ollama/)")
@@ -329,14 +332,15 @@ class RunConfig(_Section):
     def judge_endpoint(self) -> "Endpoint":
         """The judge inherits the service's endpoint and key unless it is on another provider."""
         j, s = self.judge, self.service
-        same = j.model is None or j.model.split("/", 1)[0] == s.model.split("/", 1)[0]
-        return Endpoint(model=self.judge_model, api_base=j.api_base or (s.api_base if same else None),
-                        api_key_env=j.api_key_env or (s.api_key_env if same else None), field="judge",
-                        input_cost_per_mtok=j.input_cost_per_mtok if j.input_cost_per_mtok is not None else
-                        (s.input_cost_per_mtok if same else None),
-                        output_cost_per_mtok=j.output_cost_per_mtok if j.output_cost_per_mtok is not None else
-                        (s.output_cost_per_mtok if same else None),
-                        standin_pool=s.standin_pool)
+        same = j.model is None or provider_of(j.model) == provider_of(s.model)
+
+        def inherit(name: str):
+            mine = getattr(j, name)
+            return mine if mine is not None else (getattr(s, name) if same else None)
+
+        return Endpoint(model=self.judge_model, field="judge", standin_pool=s.standin_pool,
+                        **{name: inherit(name) for name in ("api_base", "api_key_env", "input_cost_per_mtok",
+                                                            "output_cost_per_mtok")})
 
 
 class Endpoint(BaseModel):
@@ -353,12 +357,11 @@ class Endpoint(BaseModel):
 
     @property
     def is_standin(self) -> bool:
-        return self.model.startswith(STANDIN_MODEL.split("/")[0] + "/")
+        return is_standin_model(self.model)
 
     def fingerprint(self) -> dict:
         """Only the model and the stand-in's pool contents decide what a reply says."""
-        pool = {"sha256": sha256_path(self.standin_pool)} if self.is_standin and self.standin_pool and \
-            Path(self.standin_pool).exists() else None
+        pool = file_fingerprint(self.standin_pool) if self.is_standin and self.standin_pool else None
         return {"model": self.model, "standin_pool": pool}
 
 

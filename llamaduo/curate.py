@@ -8,12 +8,11 @@ word n-grams for long-span overlap with test items.
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
+from pathlib import Path
 
 from datasketch import MinHash, MinHashLSH
-
-import time
-from pathlib import Path
 
 from .config import CurateConfig
 from .records import Artifact, CurateResult
@@ -83,8 +82,11 @@ def minhash(text: str, cfg: CurateConfig) -> MinHash:
     return m
 
 
-def _pair_text(row: dict) -> str:
-    return f"{row['instruction']}\n{row['response']}"
+def _pair_text(row) -> str:
+    """A row (dict) or an Example as one text for MinHash."""
+    if isinstance(row, dict):
+        return f"{row['instruction']}\n{row['response']}"
+    return f"{row.instruction}\n{row.response}"
 
 
 # -- decontamination ---------------------------------------------------------------------
@@ -228,23 +230,18 @@ def curate_wave(root: str | Path, cfg: CurateConfig, candidates: Artifact, exist
 
 
 # -- coverage data (before the split) ----------------------------------------------------------
-def _pair_minhash(instruction: str, response: str, threshold: float) -> MinHash:
-    cfg = CurateConfig(near_dup_threshold=threshold)
-    return minhash(f"{instruction}\n{response}", cfg)
-
-
-def collapse_duplicates(examples: list, threshold: float) -> tuple[list, dict[str, int]]:
+def collapse_duplicates(examples: list, cfg: CurateConfig) -> tuple[list, dict[str, int]]:
     """Keep the first of rows with the same normalised instruction (`duplicate`) or a MinHash
     near-duplicate instruction+response (`near_duplicate`). `examples` are data.Example."""
     seen: set[str] = set()
-    lsh = MinHashLSH(threshold=threshold, num_perm=CurateConfig().num_perm)
+    lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
     kept, counts = [], Counter()
     for i, e in enumerate(examples):
         key = normalize(e.instruction)
         if key in seen:
             counts[DROP_DUPLICATE] += 1
             continue
-        m = _pair_minhash(e.instruction, e.response, threshold)
+        m = minhash(_pair_text(e), cfg)
         if lsh.query(m):
             counts[DROP_NEAR_DUPLICATE] += 1
             continue
@@ -254,12 +251,12 @@ def collapse_duplicates(examples: list, threshold: float) -> tuple[list, dict[st
     return kept, dict(counts)
 
 
-def overlapping_test(train: list, test: list, threshold: float) -> tuple[list, int]:
+def overlapping_test(train: list, test: list, cfg: CurateConfig) -> tuple[list, int]:
     """Train rows that copy (normalised instruction) or nearly copy a test item are removed."""
     test_keys = {normalize(t.instruction) for t in test}
-    lsh = MinHashLSH(threshold=threshold, num_perm=CurateConfig().num_perm)
+    lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
     for i, t in enumerate(test):
-        lsh.insert(f"t{i}", _pair_minhash(t.instruction, t.response, threshold))
+        lsh.insert(f"t{i}", minhash(_pair_text(t), cfg))
     kept = [e for e in train if normalize(e.instruction) not in test_keys
-            and not lsh.query(_pair_minhash(e.instruction, e.response, threshold))]
+            and not lsh.query(minhash(_pair_text(e), cfg))]
     return kept, len(train) - len(kept)

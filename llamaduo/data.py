@@ -18,7 +18,7 @@ from .errors import InputError
 from .store import sha256_text
 
 if TYPE_CHECKING:
-    from .config import DataConfig
+    from .config import CurateConfig, DataConfig
     from .records import SplitResult
 
 
@@ -199,27 +199,29 @@ class Splits:
     removed: dict[str, int]
 
 
-def load_coverage(data: "DataConfig", near_dup_threshold: float = 0.8) -> Splits:
+def load_coverage(data: "DataConfig", curate: "CurateConfig | None" = None) -> Splits:
     """Train, validation and test splits of clean evaluation data.
 
     Exact, normalised and near-duplicate coverage rows are collapsed *before* the split (a
     duplicate on both sides would put test answers into training); train rows that copy or
     nearly copy a test item are then removed from train, also with a separate `test_path`.
     The validation split is carved from train (adaptive choices learn from it)."""
+    from .config import CurateConfig
     from .curate import collapse_duplicates, overlapping_test
 
+    curate = curate or CurateConfig()
     examples = load_examples(data.path, max_chars=data.max_row_chars)
     removed: dict[str, int] = {}
-    examples, dups = collapse_duplicates(examples, near_dup_threshold)
+    examples, dups = collapse_duplicates(examples, curate)
     removed.update({k: v for k, v in dups.items() if v})
     if data.test_path:
         test, test_dups = collapse_duplicates(load_examples(data.test_path, max_chars=data.max_row_chars),
-                                              near_dup_threshold)
+                                              curate)
         removed.update({f"test_{k}": v for k, v in test_dups.items() if v})
         train = examples
     else:
         train, test = split_examples(examples, data.test_size, data.split_seed)
-    train, overlap = overlapping_test(train, test, near_dup_threshold)
+    train, overlap = overlapping_test(train, test, curate)
     if overlap:
         removed["test_overlap"] = overlap
     if not train:
@@ -234,12 +236,12 @@ def load_coverage(data: "DataConfig", near_dup_threshold: float = 0.8) -> Splits
     return Splits(train, val, test, removed)
 
 
-def prepare_splits(root: str | Path, data: "DataConfig", near_dup_threshold: float, out_dir: str = "data"
+def prepare_splits(root: str | Path, data: "DataConfig", curate: "CurateConfig", out_dir: str = "data"
                    ) -> "SplitResult":
     from .records import Artifact, SplitResult
     from .store import atomic_write_jsonl
 
-    s = load_coverage(data, near_dup_threshold)
+    s = load_coverage(data, curate)
     root = Path(root)
     arts = {}
     for name, rows in (("train", s.train), ("val", s.val), ("test", s.test)):

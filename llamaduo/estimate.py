@@ -10,14 +10,10 @@ from statistics import mean
 from .config import RunConfig
 from .data import Example
 from .judge import JUDGE_MAX_TOKENS
-from .service import price_usd
+from .service import approx_tokens, price_usd
 from .templates import judge_template, synth_template
 
 JUDGE_REPLY_TOKENS = 120  # two scores with short reasons
-
-
-def _tokens(text: str) -> int:
-    return max(1, len(text) // 4)  # ~4 characters per token for English text
 
 
 def _cost(endpoint, prompt: int, completion: int) -> float | None:
@@ -26,14 +22,14 @@ def _cost(endpoint, prompt: int, completion: int) -> float | None:
 
 def run_estimate(cfg: RunConfig, train: list[Example], val: list[Example], test: list[Example]) -> dict:
     seed, item = train[0], test[0]
-    pair_tokens = mean(_tokens(e.instruction) + _tokens(e.response) for e in train) + 10
+    pair_tokens = mean(approx_tokens(e.instruction) + approx_tokens(e.response) for e in train) + 10
     synth_calls = math.ceil(cfg.synth.rows_per_round / cfg.synth.pairs_per_request)
-    synth_prompt = _tokens(synth_template(cfg.synth.prompt_template).render(
+    synth_prompt = approx_tokens(synth_template(cfg.synth.prompt_template).render(
         instruction=seed.instruction, response=seed.response, topic=seed.category or "", n=cfg.synth.pairs_per_request))
     synth_completion = int(pair_tokens * cfg.synth.pairs_per_request)
     per_eval = cfg.infer.samples_per_prompt * cfg.judge.repeats
     judge_calls = (len(test) + len(val)) * per_eval
-    judge_prompt = _tokens(judge_template(cfg.judge.prompt_template).render(
+    judge_prompt = approx_tokens(judge_template(cfg.judge.prompt_template).render(
         instruction=item.instruction, reference=item.response, candidate=item.response))
     judge_completion = min(JUDGE_REPLY_TOKENS, JUDGE_MAX_TOKENS)
     base_calls = (len(test) + len(val)) * per_eval if cfg.gate.baseline else 0

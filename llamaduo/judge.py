@@ -16,7 +16,7 @@ from .config import BudgetConfig, Endpoint, JudgeConfig, ServiceConfig
 from .metrics import METRICS
 from .parsing import JUDGE_SCHEMA, parse_judge_reply
 from .records import Artifact, EvalResult, ServiceStats
-from .service import Request, Result, ServiceClient, failing_reason
+from .service import Request, Result, ServiceClient, failing_reason, write_failure_log
 from .similarity import normalize, rouge_l
 from .stats import aggregate_values, spread
 from .store import atomic_write_jsonl, read_jsonl
@@ -136,9 +136,8 @@ def evaluate_answers(root: str | Path, judge: JudgeConfig, endpoint: Endpoint, l
     requests = build_judge_requests(test, samples, judge_template(judge.prompt_template), repeats=judge.repeats,
                                     temperature=judge.temperature, max_tokens=min(limits.max_tokens, JUDGE_MAX_TOKENS))
     results = client.run(requests, parse_judge_reply, desc=f"{label} judge", on_progress=on_progress)
-    failures = [{"stage": "evaluate", "key": k, "kind": r.kind, "reason": r.error}
-                for k, r in zip(request_keys(test, samples, judge.repeats), results) if not r.ok]
-    atomic_write_jsonl(root / out.replace(".jsonl", ".failures.jsonl"), failures)
+    write_failure_log(root / out.replace(".jsonl", ".failures.jsonl"), "evaluate", results,
+                      request_keys(test, samples, judge.repeats))
     result = EvalResult(service=client.stats, budget_hit=client.budget_hit, items=len(test),
                         failing=failing_reason(f"{label} judging", results, limits.max_failure_rate))
     if result.budget_hit or result.failing:

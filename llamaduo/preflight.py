@@ -5,7 +5,7 @@ whose replies must parse. The CLI and the deployment flow both call it."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import Endpoint, RunConfig
@@ -70,8 +70,7 @@ def probe_endpoints(cfg: RunConfig, splits: Splits, cache_dir: Path) -> ServiceS
     for ep, req, parse in ((cfg.service_endpoint(), synth_req, parse_synth_reply),
                            (cfg.judge_endpoint(), judge_req, parse_judge_reply)):
         client = ServiceClient(ep, limits, cache_dir, progress=False)
-        req = type(req)(req.messages, req.temperature, req.max_tokens, {**req.variant, "purpose": "preflight"},
-                        req.schema)
+        req = replace(req, variant={**req.variant, "purpose": "preflight"})
         result = client.run([req], parse)[0]
         stats = stats.plus(client.stats)
         if not result.ok:
@@ -88,7 +87,7 @@ def preflight(cfg: RunConfig, workdir: Path | None = None, *, probe: bool = True
         from .data import load_examples
 
         load_examples(cfg.service.standin_pool)
-    splits = load_coverage(cfg.data, cfg.curate.near_dup_threshold)
+    splits = load_coverage(cfg.data, cfg.curate)
     for ep in (cfg.service_endpoint(), cfg.judge_endpoint()):
         _key_present(ep)
         check_pricing(ep, cfg.budget)

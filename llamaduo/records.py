@@ -55,6 +55,10 @@ class ServiceStats(_Record):
         out.cost_usd = round(out.cost_usd, 6)
         return out
 
+    def minus(self, earlier: "ServiceStats") -> "ServiceStats":
+        """What was spent since `earlier` (a snapshot of the same running total)."""
+        return ServiceStats(**{k: round(getattr(self, k) - getattr(earlier, k), 6) for k in type(self).model_fields})
+
 
 class StageResult(_Record):
     seconds: float = 0.0
@@ -124,10 +128,6 @@ class EvalResult(ServiceStageResult):
 class ExportResult(StageResult):
     model: Artifact
     check: dict
-
-
-class StudentResult(StageResult):
-    student: StudentRef
 
 
 class Criterion(_Record):

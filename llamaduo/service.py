@@ -44,6 +44,14 @@ class Request:
     variant: dict = field(default_factory=dict)
     schema: dict | None = None  # JSON schema of the expected reply (structured outputs)
 
+    def approx_prompt_tokens(self) -> int:
+        return sum(approx_tokens(m.get("content") or "") for m in self.messages)
+
+
+def approx_tokens(text: str) -> int:
+    """~4 characters per token for English text: for estimates and reservations, not billing."""
+    return max(1, len(text) // 4)
+
 
 @dataclass
 class Result:
@@ -135,10 +143,6 @@ def check_pricing(endpoint: Endpoint, budget: BudgetConfig) -> None:
                      field=f"{endpoint.field}.model")
 
 
-def _tokens(text: str) -> int:
-    return max(1, len(text) // 4)
-
-
 def supports_structured_output(endpoint: Endpoint, mode: str) -> bool:
     if mode == "off" or endpoint.is_standin:
         return False
@@ -187,8 +191,7 @@ class ServiceClient:
 
     # -- budget ---------------------------------------------------------------------------
     def _estimate_usd(self, request: Request) -> float:
-        prompt = sum(_tokens(m.get("content") or "") for m in request.messages)
-        return price_usd(self.endpoint, prompt, request.max_tokens) or 0.0
+        return price_usd(self.endpoint, request.approx_prompt_tokens(), request.max_tokens) or 0.0
 
     def _reserve(self, request: Request) -> float | None:
         """Reserve the call's worst-case cost; None when a cap would be crossed."""
@@ -238,7 +241,7 @@ class ServiceClient:
                     self.stats.retries += 1
                 async with limiter:
                     if tpm_limiter is not None:
-                        est = sum(_tokens(m.get("content") or "") for m in request.messages) + request.max_tokens
+                        est = request.approx_prompt_tokens() + request.max_tokens
                         await tpm_limiter.acquire(min(est, tpm_limiter.max_rate))
                     response = await litellm.acompletion(**kwargs)
         choice = response.choices[0]
@@ -262,7 +265,7 @@ class ServiceClient:
         prompt = "\n".join(m.get("content") or "" for m in request.messages if m.get("role") == "user")
         text = reply(prompt, self.endpoint.standin_pool)
         return {"content": text, "model": self.endpoint.model, "finish_reason": "stop",
-                "prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(text), "cost_usd": 0.0,
+                "prompt_tokens": approx_tokens(prompt), "completion_tokens": approx_tokens(text), "cost_usd": 0.0,
                 "created": time.time()}
 
     def _account(self, record: dict) -> None:
@@ -359,6 +362,14 @@ class ServiceClient:
 
     def run(self, requests: Sequence[Request], parse: Callable[[str], Any], **kw) -> list[Result]:
         return asyncio.run(self.arun(requests, parse, **kw))
+
+
+def write_failure_log(path: str | Path, stage: str, results: list[Result], keys: list[str]) -> None:
+    """The failed requests of a stage (stage, key, kind, redacted reason), beside its output."""
+    from .store import atomic_write_jsonl
+
+    atomic_write_jsonl(path, [{"stage": stage, "key": k, "kind": r.kind, "reason": r.error}
+                              for k, r in zip(keys, results) if not r.ok])
 
 
 def failure_rate(results: list[Result]) -> float:

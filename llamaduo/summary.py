@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from .records import Summary
-from .store import RunDir, atomic_write_json, read_json
+from .store import RunDir, atomic_write_json
 
 
 def write_summary(rundir: RunDir, summary: Summary) -> None:
     atomic_write_json(rundir.summary, summary.model_dump(mode="json"))
-
-
-def read_summary(rundir: RunDir) -> Summary:
-    return Summary.model_validate(read_json(rundir.summary))

@@ -10,7 +10,7 @@ from .config import BudgetConfig, Endpoint, ServiceConfig, SynthConfig
 from .data import Example, example_id
 from .parsing import SYNTH_SCHEMA, parse_synth_reply
 from .records import Artifact, ServiceStats, SynthResult
-from .service import Request, Result, ServiceClient, failing_reason
+from .service import Request, Result, ServiceClient, failing_reason, write_failure_log
 from .similarity import words
 from .store import atomic_write_jsonl, read_jsonl
 from .templates import PromptTemplate, synth_template
@@ -117,9 +117,7 @@ def synthesize_wave(root: str | Path, synth: SynthConfig, endpoint: Endpoint, li
                                     temperature=limits.temperature, max_tokens=limits.max_tokens,
                                     round_no=round_no, wave=wave, topics=synth.topics)
     results = client.run(requests, parse_synth_reply, desc=f"round {round_no} synthesize", on_progress=on_progress)
-    atomic_write_jsonl(root / out.replace(".jsonl", ".failures.jsonl"),
-                       [{"stage": "synthesize", "key": s.id, "kind": r.kind, "reason": r.error}
-                        for s, r in zip(seeds, results) if not r.ok])
+    write_failure_log(root / out.replace(".jsonl", ".failures.jsonl"), "synthesize", results, [s.id for s in seeds])
     candidates, failures = candidate_rows(results, seeds, round_no=round_no, generator=endpoint.model,
                                           template_sha=template.sha256)
     result = SynthResult(service=client.stats, budget_hit=client.budget_hit, rows=len(candidates),

@@ -49,11 +49,16 @@ class PromptTemplate:
         return self._template.render(**variables)
 
 
+def is_file_spec(spec: str) -> bool:
+    """A template setting holds inline Jinja2 text or a file path: one line without `{{` is a path."""
+    return "\n" not in spec and "{{" not in spec
+
+
 def load_template(spec: str | None, *, default: str, allowed: set[str], field: str,
                   required: list[set[str]] = ()) -> PromptTemplate:
     if spec is None:
         return PromptTemplate(_default(default), origin=f"llamaduo/prompts/{default}", allowed=allowed)
-    if "\n" not in spec and "{{" not in spec:
+    if is_file_spec(spec):
         path = Path(spec)
         if not path.is_file():
             raise InputError("template file not found", file=spec, field=field)

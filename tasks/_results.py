@@ -13,6 +13,7 @@ would need).
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 SERIALIZER_TYPE = "llamaduo-json"
 
 
+@lru_cache(maxsize=1)
 def _record_types() -> dict[str, type[BaseModel]]:
     from llamaduo import records
     from llamaduo.config import RunConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from llamaduo.config import DataConfig
+from llamaduo.config import CurateConfig, DataConfig
 from llamaduo.data import prepare_splits
 from llamaduo.models import resolve_student
 from llamaduo.records import SplitResult, StudentRef
@@ -13,9 +13,9 @@ from ._policy import STAGE_OPTIONS
 
 
 @task(name="prepare-data", **STAGE_OPTIONS, tags=["io"])
-def prepare_data(root: str, data: DataConfig, near_dup_threshold: float, out: str = "data") -> SplitResult:
+def prepare_data(root: str, data: DataConfig, curate: CurateConfig, out: str = "data") -> SplitResult:
     """Clean, de-duplicated train/val/test splits (data files enter the key by content)."""
-    return prepare_splits(root, data, near_dup_threshold, out)
+    return prepare_splits(root, data, curate, out)
 
 
 @task(name="prepare-student", **STAGE_OPTIONS, tags=["io"])

@@ -5,7 +5,6 @@ in-process (`flows.cli.main`), so the cases stay fast."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
