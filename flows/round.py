@@ -19,7 +19,7 @@ from llamaduo.records import Artifact, SplitResult, StudentRef
 from llamaduo.service import budget_left
 from tasks._policy import run_stage
 from tasks._results import RESULT_OPTIONS
-from tasks.synth import curate, synthesize, training_set
+from tasks.synth import curate, synthesize, training_set, warm_start_set
 from tasks.train import finetune
 
 from .stages import evaluate_student, round_record, service_stage
@@ -69,8 +69,17 @@ def migration_round(cfg: RunConfig, workdir: str, student: StudentRef, data: Spl
         kept_parts, dropped = _synthesize_round(cfg, workdir, data, round_no, state, durations)
         ts, _ = run_stage(training_set, f"{rdir}/train.jsonl", root=workdir, parts=state.train_parts + kept_parts,
                           dropped=dict(dropped), round_no=round_no, out=f"{rdir}/train.jsonl")
+        train_on, init_adapter = ts.train, None
+        if cfg.train.warm_start and state.last_adapter is not None:
+            ws, _ = run_stage(warm_start_set, f"{rdir}/train_warm.jsonl", root=workdir, earlier=state.train_parts,
+                              new=kept_parts, replay_ratio=cfg.train.replay_ratio, seed=cfg.train.seed + round_no,
+                              out=f"{rdir}/train_warm.jsonl")
+            log.info("round %d: warm start from the previous adapter on %d new + %d replayed rows", round_no,
+                     ws.new_rows, ws.replayed_rows)
+            train_on, init_adapter = ws.train, state.last_adapter
         ft, fresh = run_stage(finetune, f"{rdir}/adapter", root=workdir, train=cfg.train, student=student,
-                              system_prompt=cfg.student.system_prompt, training_set=ts.train, out=f"{rdir}/adapter")
+                              system_prompt=cfg.student.system_prompt, training_set=train_on,
+                              init_adapter=init_adapter, out=f"{rdir}/adapter")
         if fresh:
             state.invocation.training_steps += int(ft.stats.get("steps", 0))
         durations["finetune"] += ft.seconds
@@ -86,6 +95,7 @@ def migration_round(cfg: RunConfig, workdir: str, student: StudentRef, data: Spl
     record_round(state, cfg, workdir, data, record)
     state.train_rows = ts.rows
     state.last_val_judged = val.judged if val else None
+    state.last_adapter = ft.adapter
     log.info("round %d gate: %s -> %s", round_no, decision.reason, "PASS" if decision.passed else "fail")
     history = [selection_value(r, cfg.gate.metric) or 0.0 for r in sorted(state.rounds, key=lambda r: r.round)
                if r.round >= 1]

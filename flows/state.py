@@ -25,6 +25,7 @@ class LoopState(BaseModel):
     stop_detail: str | None = None
     baselines: dict[str, dict[str, float]] = Field(default_factory=dict)  # name -> test metrics
     last_val_judged: Artifact | None = None  # latest per-item validation scores (failure-driven seeds)
+    last_adapter: Artifact | None = None  # the previous round's adapter (train.warm_start continues it)
     invocation: Invocation = Field(default_factory=Invocation)
     preflight: ServiceStats = Field(default_factory=ServiceStats)  # the preflight's probe calls
 

@@ -27,7 +27,7 @@ def check_reproduces(model_dir: Path, items: list[dict], expected: dict[str, str
 
     answers, _ = generate_answers(str(model_dir), None, items, system_prompt=system_prompt,
                                   max_new_tokens=infer.max_new_tokens, batch_size=infer.batch_size, samples=1,
-                                  progress=False)
+                                  progress=False, backend=infer.backend)
     matched = sum(a[0] == expected.get(it["id"]) for it, a in zip(items, answers))
     return {"checked": len(items), "matched": matched, "reproduces": matched == len(items)}
 

@@ -1,4 +1,9 @@
-"""Batched generation by the (fine-tuned) student on the test prompts."""
+"""Batched generation by the (fine-tuned) student on the test prompts.
+
+Two engines, one contract (same chat template, same prompt tokens, greedy for one answer, seeded
+sampling for several): transformers (`hf`, any device) and vLLM (`vllm`, CUDA, in a child process
+so its GPU memory is released before the next training).
+"""
 
 from __future__ import annotations
 
@@ -34,41 +39,80 @@ def load_student(base_model: str, adapter_dir: str | None):
     return model.to("cuda") if cuda else model
 
 
-def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict], *, system_prompt: str | None,
-                     max_new_tokens: int, batch_size: int, samples: int = 1, temperature: float = 0.4,
-                     progress: bool = True) -> tuple[list[list[str]], dict]:
-    """`samples` answers per item: greedy when 1, sampled at `temperature` otherwise (seeded)."""
+def resolve_backend(backend: str) -> str:
+    """`auto` is vLLM only where it can run (CUDA and the package); otherwise transformers."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def prompt_token_ids(tok, items: list[dict], system_prompt: str | None) -> list[list[int]]:
+    """The chat-templated prompts as token ids: both engines are given exactly these."""
+    texts = [tok.apply_chat_template(to_chat(Example.from_dict(it), system_prompt)["prompt"], tokenize=False,
+                                     add_generation_prompt=True) for it in items]
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length (longest first, so an out-of-memory shows at once):
+    a batch pads to its longest prompt, so mixing lengths wastes compute on padding."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def _generate_hf(base_model: str, adapter_dir: str | None, tok, ids: list[list[int]], *, max_new_tokens: int,
+                 batch_size: int, samples: int, temperature: float, progress: bool) -> tuple[list[list[str]], int]:
     import torch
     from tqdm.auto import tqdm
 
-    from .models import load_tokenizer
-
-    tok = load_tokenizer(adapter_dir or base_model)
     tok.padding_side = "left"  # decoder-only batches pad on the left
     model = load_student(base_model, adapter_dir)
-    prompts = [tok.apply_chat_template(to_chat(Example.from_dict(it), system_prompt)["prompt"], tokenize=False,
-                                       add_generation_prompt=True) for it in items]
-    answers: list[list[str]] = []
     sampling = dict(do_sample=True, temperature=temperature, num_return_sequences=samples) if samples > 1 else \
         dict(do_sample=False)
+    answers: list[list[str] | None] = [None] * len(ids)
     new_tokens = 0
-    t0 = time.time()
     torch.manual_seed(0)
     # disable=None: a bar on a terminal only (a log file would get every update as a line)
-    for start in tqdm(range(0, len(prompts), batch_size), desc="infer", unit="batch",
-                      disable=None if progress else True,
-                      leave=False):
-        batch = tok(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                    add_special_tokens=False).to(model.device)
+    for batch_idx in tqdm(length_sorted_batches([len(x) for x in ids], batch_size), desc="infer", unit="batch",
+                          disable=None if progress else True, leave=False):
+        batch = tok.pad({"input_ids": [ids[i] for i in batch_idx]}, return_tensors="pt").to(model.device)
         with torch.inference_mode():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                                  eos_token_id=tok.eos_token_id, **sampling)
         gen = out[:, batch["input_ids"].shape[1]:]
         new_tokens += int((gen != tok.pad_token_id).sum())
         texts = [t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True)]
-        answers.extend(texts[i:i + samples] for i in range(0, len(texts), samples))
+        for k, i in enumerate(batch_idx):
+            answers[i] = texts[k * samples:(k + 1) * samples]
+    return answers, new_tokens
+
+
+def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict], *, system_prompt: str | None,
+                     max_new_tokens: int, batch_size: int, samples: int = 1, temperature: float = 0.4,
+                     progress: bool = True, backend: str = "hf") -> tuple[list[list[str]], dict]:
+    """`samples` answers per item, in the order of `items`: greedy when 1, sampled at `temperature`
+    otherwise (seeded)."""
+    from .models import load_tokenizer
+
+    engine = resolve_backend(backend)
+    tok = load_tokenizer(adapter_dir or base_model)
+    ids = prompt_token_ids(tok, items, system_prompt)
+    t0 = time.time()
+    if engine == "vllm":
+        from .vllm_backend import generate_vllm
+
+        answers, new_tokens = generate_vllm(base_model, adapter_dir, ids, max_new_tokens=max_new_tokens,
+                                            samples=samples, temperature=temperature)
+    else:
+        answers, new_tokens = _generate_hf(base_model, adapter_dir, tok, ids, max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size, samples=samples, temperature=temperature,
+                                           progress=progress)
     seconds = time.time() - t0
-    return answers, {"items": len(items), "new_tokens": new_tokens, "seconds": round(seconds, 2),
+    return answers, {"items": len(items), "new_tokens": new_tokens, "seconds": round(seconds, 2), "backend": engine,
                      "tokens_per_s": round(new_tokens / seconds, 1) if seconds else None}
 
 
@@ -84,6 +128,6 @@ def answer_items(root: str | Path, infer: "InferConfig", student: "StudentRef", 
     answers, stats = generate_answers(student.path, str(adapter.at(root)) if adapter else None, rows,
                                       system_prompt=system_prompt, max_new_tokens=infer.max_new_tokens,
                                       batch_size=batch_size or infer.batch_size, samples=infer.samples_per_prompt,
-                                      temperature=infer.temperature)
+                                      temperature=infer.temperature, backend=infer.backend)
     atomic_write_jsonl(root / out, [{"id": it["id"], "answer": a[0], "samples": a} for it, a in zip(rows, answers)])
     return AnswersResult(answers=Artifact.of(root, out), stats=stats, seconds=round(time.time() - t0, 3))

@@ -3,11 +3,12 @@ Hugging Face `datasets` directory with a short data card."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from pathlib import Path
 
-from .records import Artifact, TrainingSetResult
+from .records import Artifact, TrainingSetResult, WarmStartSetResult
 from .store import atomic_write_jsonl, atomic_write_text, read_jsonl, staged_dir
 
 LINEAGE_COLUMNS = ["id", "instruction", "response", "category", "system", "origin", "round", "seed_id",
@@ -54,3 +55,22 @@ def build_training_set(root: str | Path, parts: list[Artifact], dropped: dict[st
     atomic_write_text(ds_dir / "DATA_CARD.md", data_card(rows, dropped, round_no))
     return TrainingSetResult(train=Artifact.of(root, out), rows=len(rows),
                              dataset_dir=out.replace(".jsonl", "_dataset"), seconds=round(time.time() - t0, 3))
+
+
+def replay_sample(earlier: list[dict], new: list[dict], ratio: float, seed: int) -> list[dict]:
+    """The new rows plus `ratio` earlier rows per new row (a seeded sample, at most all of them): a
+    warm-started round revisits old data so it does not forget it, at a cost that follows what it adds."""
+    k = min(len(earlier), round(ratio * len(new)))
+    return new + random.Random(seed).sample(earlier, k)
+
+
+def build_warm_start_set(root: str | Path, earlier: list[Artifact], new: list[Artifact], replay_ratio: float,
+                         seed: int, out: str) -> WarmStartSetResult:
+    t0 = time.time()
+    root = Path(root)
+    old_rows = [r for a in earlier for r in read_jsonl(a.at(root))]
+    new_rows = [r for a in new for r in read_jsonl(a.at(root))]
+    rows = replay_sample(old_rows, new_rows, replay_ratio, seed)
+    atomic_write_jsonl(root / out, rows)
+    return WarmStartSetResult(train=Artifact.of(root, out), new_rows=len(new_rows),
+                              replayed_rows=len(rows) - len(new_rows), seconds=round(time.time() - t0, 3))

@@ -80,6 +80,20 @@ def probe_endpoints(cfg: RunConfig, splits: Splits, cache_dir: Path) -> ServiceS
     return stats.model_copy(update={"calls": stats.calls + stats.cached, "cached": 0})
 
 
+def check_backend(backend: str) -> None:
+    """`infer.backend: vllm` must be able to run here (auto falls back to transformers by itself)."""
+    if backend != "vllm":
+        return
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        raise InputError("vLLM is not installed (pip install vllm), or use backend: auto", field="infer.backend")
+    if not torch.cuda.is_available():
+        raise InputError("vLLM needs a CUDA GPU and none is visible; use backend: auto or hf", field="infer.backend")
+
+
 def preflight(cfg: RunConfig, workdir: Path | None = None, *, probe: bool = True) -> Preflight:
     synth_template(cfg.synth.prompt_template)
     judge_template(cfg.judge.prompt_template)
@@ -92,6 +106,7 @@ def preflight(cfg: RunConfig, workdir: Path | None = None, *, probe: bool = True
         _key_present(ep)
         check_pricing(ep, cfg.budget)
     check_student(cfg.student.model)
+    check_backend(cfg.infer.backend)
     if workdir is not None:
         check_workdir(workdir)
     result = Preflight(splits=splits, estimate=run_estimate(cfg, splits.train, splits.val, splits.test),

@@ -101,6 +101,13 @@ class TrainingSetResult(StageResult):
     dataset_dir: str
 
 
+class WarmStartSetResult(StageResult):
+    """What a warm-started round trains on: the rows it adds plus a replay sample of earlier ones."""
+    train: Artifact
+    new_rows: int
+    replayed_rows: int
+
+
 class FinetuneResult(StageResult):
     adapter: Artifact
     stats: dict

@@ -32,6 +32,7 @@ class TrainSpec(BaseModel):
     train: TrainConfig
     system_prompt: str | None = None
     micro_batch: int | None = None  # set by a retry after OOM; effective batch is kept
+    init_adapter: str | None = None  # warm start: continue training this adapter instead of a fresh one
 
 
 class TrainingFailed(RuntimeError):
@@ -98,12 +99,24 @@ def build_trainer(spec: TrainSpec):
         completion_only_loss=True, packing=False, **_checkpointing_kwarg(SFTConfig, cuda),
         disable_tqdm=os.environ.get("LLAMADUO_PROGRESS", "1" if sys.stderr.isatty() else "0") != "1",
     )
-    peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=cfg.target_modules, task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft_cfg)
+    peft_cfg = None
+    if spec.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, spec.init_adapter, is_trainable=True)
+    else:
+        peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    trainer_cls = SFTTrainer
+    if not cuda:  # on CUDA, TRL's Triton head already skips prompt positions (and Liger, bf16, QLoRA apply)
+        from .lean_sft import lean_trainer_class
+
+        trainer_cls = lean_trainer_class()
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                          peft_config=peft_cfg)
     trainer.llamaduo_meta = {"rows": len(rows), "micro_batch": micro, "grad_accum": accum,
-                             "quantized_4bit": _use_4bit(cfg)}
+                             "quantized_4bit": _use_4bit(cfg), "warm_start": bool(spec.init_adapter),
+                             "lean_cpu_loss": trainer_cls is not SFTTrainer}
     trainer.add_callback(_progress_callback(progress_path(spec)))
     return trainer
 
@@ -286,12 +299,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def finetune(root: str | Path, train: TrainConfig, student: StudentRef, system_prompt: str | None,
-             training_set: Artifact, out: str, *, micro_batch: int | None = None, on_progress=None) -> FinetuneResult:
-    """LoRA SFT of the student on `training_set`; the adapter lands in `out` (relative to root)."""
+             training_set: Artifact, out: str, *, init_adapter: Artifact | None = None, micro_batch: int | None = None,
+             on_progress=None) -> FinetuneResult:
+    """LoRA SFT of the student on `training_set` (from `init_adapter` when warm-starting); the adapter
+    lands in `out` (relative to root)."""
     t0 = time.time()
     root = Path(root)
     spec = TrainSpec(base_model=student.path, data_path=str(training_set.at(root)), output_dir=str(root / out),
-                     train=train, system_prompt=system_prompt, micro_batch=micro_batch)
+                     train=train, system_prompt=system_prompt, micro_batch=micro_batch,
+                     init_adapter=str(init_adapter.at(root)) if init_adapter else None)
     stats = run_training(spec, subprocess_mode=train.subprocess, on_progress=on_progress)
     return FinetuneResult(adapter=Artifact.of(root, out), stats=stats, seconds=round(time.time() - t0, 3))
 

@@ -6,8 +6,8 @@ from prefect import task
 
 from llamaduo.config import BudgetConfig, CurateConfig, Endpoint, ServiceConfig, SynthConfig
 from llamaduo.curate import curate_wave
-from llamaduo.lineage import build_training_set
-from llamaduo.records import Artifact, CurateResult, ServiceStats, SynthResult, TrainingSetResult
+from llamaduo.lineage import build_training_set, build_warm_start_set
+from llamaduo.records import Artifact, CurateResult, ServiceStats, SynthResult, TrainingSetResult, WarmStartSetResult
 from llamaduo.synth import synthesize_wave
 
 from ._policy import STAGE_OPTIONS, progress_reporter
@@ -33,3 +33,9 @@ def curate(root: str, curate_cfg: CurateConfig, candidates: Artifact, existing: 
 def training_set(root: str, parts: list[Artifact], dropped: dict[str, int], round_no: int,
                  out: str) -> TrainingSetResult:
     return build_training_set(root, parts, dropped, round_no, out)
+
+
+@task(name="build-warm-start-set", **STAGE_OPTIONS, tags=["io"])
+def warm_start_set(root: str, earlier: list[Artifact], new: list[Artifact], replay_ratio: float, seed: int,
+                   out: str) -> WarmStartSetResult:
+    return build_warm_start_set(root, earlier, new, replay_ratio, seed, out)

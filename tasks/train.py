@@ -30,10 +30,10 @@ GPU_RETRIES = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on
 
 @task(name="finetune", **STAGE_OPTIONS, tags=["gpu"], **GPU_RETRIES)
 def finetune(root: str, train: TrainConfig, student: StudentRef, system_prompt: str | None, training_set: Artifact,
-             out: str) -> FinetuneResult:
+             out: str, init_adapter: Artifact | None = None) -> FinetuneResult:
     attempt = task_run.run_count or 1
     report = progress_reporter(f"training steps: {out}")
-    result = finetune_student(root, train, student, system_prompt, training_set, out,
+    result = finetune_student(root, train, student, system_prompt, training_set, out, init_adapter=init_adapter,
                               micro_batch=micro_batch_for_attempt(train.batch_size, attempt),
                               on_progress=(lambda step, total: report(step, max(total, 1))) if report else None)
     result.stats["attempt"] = attempt

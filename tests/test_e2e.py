@@ -150,3 +150,25 @@ def test_unknown_override_exits_2(e2e_setup):
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(config))
     out = run_cli(["validate", str(tmp_path / "ok.yaml"), "--set", "train.epohcs=2"], {"FAKE_SERVICE_KEY": "k"})
     assert out.returncode == 2 and "train.epohcs" in out.stderr and "unknown key" in out.stderr
+
+
+def test_warm_started_rounds_continue_the_previous_adapter(e2e_setup):
+    tmp_path, config = e2e_setup
+    config["train"].update({"warm_start": True, "replay_ratio": 0.5})
+    with FakeOpenAIServer(FakeBehaviour(pool=rows(1000, 200))) as server:
+        config["service"]["api_base"] = server.url
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+        workdir = tmp_path / "work"
+        env = {"FAKE_SERVICE_KEY": "sk-e2e-secret", "PREFECT_HOME": str(tmp_path / "prefect"),
+               "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "prefect" / "results")}
+        run = run_cli(["run", str(tmp_path / "run.yaml"), "--workdir", str(workdir)], env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    rounds = summary["rounds"][1:]
+    assert len(rounds) >= 2 and summary["passed"] is True
+    assert rounds[0]["train_stats"]["warm_start"] is False and rounds[0]["train_stats"]["rows"] == 32
+    assert rounds[1]["train_stats"]["warm_start"] is True
+    assert rounds[1]["train_stats"]["rows"] == 16 + 8, "16 new rows + 0.5 replayed per new row"
+    assert rounds[1]["train_rows"] == 48, "the lineage set still lists every row the model has seen"
+    warm_rows = [json.loads(l) for l in (workdir / "rounds" / "round_02" / "train_warm.jsonl").read_text().splitlines()]
+    assert sum(r.get("round") == 2 for r in warm_rows) == 16

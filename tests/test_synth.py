@@ -54,3 +54,15 @@ def test_dataset_dir_and_data_card(tmp_path):
     assert ds[0]["origin"] == "coverage" and ds[1]["round"] == 1 and ds[0]["round"] is None
     card = data_card(rows, {"duplicate": 2}, 1)
     assert "- coverage: 1" in card and "- synthetic: 1" in card and "- duplicate: 2" in card
+
+
+def test_replay_sample_adds_ratio_earlier_rows_per_new_row_seeded():
+    from llamaduo.lineage import replay_sample
+
+    old = [{"id": f"o{i}"} for i in range(10)]
+    new = [{"id": f"n{i}"} for i in range(4)]
+    rows = replay_sample(old, new, 0.5, seed=3)
+    assert rows[:4] == new and len(rows) == 6 and all(r in old for r in rows[4:])
+    assert rows == replay_sample(old, new, 0.5, seed=3)
+    assert len(replay_sample(old, new, 10.0, seed=3)) == 14, "capped at the earlier rows there are"
+    assert replay_sample(old, new, 0.0, seed=3) == new

@@ -87,3 +87,22 @@ def test_training_reports_progress_while_it_runs(spec):
     seen = []
     run_training(spec, subprocess_mode=False, on_progress=lambda step, total: seen.append((step, total)))
     assert seen and seen[-1][0] == seen[-1][1] > 0, seen
+
+
+def test_warm_start_continues_the_previous_adapter(spec, tmp_path):
+    first = run_training(spec, subprocess_mode=False)
+    assert first["warm_start"] is False
+    from safetensors.torch import load_file
+
+    before = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    warm = spec.model_copy(update={"output_dir": str(tmp_path / "adapter2"), "init_adapter": str(tmp_path / "adapter")})
+    trainer = build_trainer(warm)
+    loaded = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert all(p.requires_grad for n, p in trainer.model.named_parameters() if "lora_" in n)
+    # the trainable adapter starts from the saved one, not from a fresh initialisation
+    for name, saved in before.items():
+        live = [v for n, v in loaded.items() if n.replace(".default", "").endswith(name.split("base_model.model.")[-1])]
+        assert live and torch.equal(live[0], saved), name
+    trainer.train()
+    moved = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert any(not torch.equal(loaded[n], moved[n]) for n in loaded), "the continued adapter trains"

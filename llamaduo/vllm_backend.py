@@ -1,0 +1,70 @@
+"""vLLM generation for `infer.backend: vllm` (CUDA).
+
+vLLM keeps most of the GPU's memory until its process ends, and the next round trains on the same
+GPU, so generation runs in a child process (`python -m llamaduo.vllm_backend REQUEST RESULT`). The
+adapter is merged into the base first (the weights the export ships), and vLLM is given the prompt
+token ids the transformers path uses, so both engines answer the same prompts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .store import atomic_write_json, read_json
+
+
+class VLLMFailed(RuntimeError):
+    pass
+
+
+def merged_model_dir(base_model: str, adapter_dir: str | None, dest: Path) -> str:
+    if not adapter_dir:
+        return base_model
+    from .infer import load_student
+    from .models import load_tokenizer
+
+    load_student(base_model, adapter_dir).to("cpu").save_pretrained(dest, safe_serialization=True)
+    load_tokenizer(adapter_dir).save_pretrained(dest)
+    return str(dest)
+
+
+def generate_vllm(base_model: str, adapter_dir: str | None, ids: list[list[int]], *, max_new_tokens: int,
+                  samples: int, temperature: float) -> tuple[list[list[str]], int]:
+    with tempfile.TemporaryDirectory(prefix="llamaduo-vllm-") as tmp:
+        request = {"model": merged_model_dir(base_model, adapter_dir, Path(tmp) / "merged"), "prompt_token_ids": ids,
+                   "max_new_tokens": max_new_tokens, "samples": samples, "temperature": temperature}
+        atomic_write_json(Path(tmp) / "request.json", request)
+        proc = subprocess.run([sys.executable, "-m", "llamaduo.vllm_backend", str(Path(tmp) / "request.json"),
+                               str(Path(tmp) / "result.json")], stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0 or not (Path(tmp) / "result.json").is_file():
+            raise VLLMFailed(f"vLLM generation exited with {proc.returncode}:\n"
+                             + "\n".join(proc.stderr.splitlines()[-15:]))
+        result = read_json(Path(tmp) / "result.json")
+    return result["answers"], result["new_tokens"]
+
+
+def run_request(request: dict) -> dict:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=request["model"], seed=0, gpu_memory_utilization=float(
+        os.environ.get("LLAMADUO_VLLM_GPU_MEMORY", "0.85")))
+    greedy = request["samples"] == 1
+    params = SamplingParams(n=request["samples"], temperature=0.0 if greedy else request["temperature"],
+                            max_tokens=request["max_new_tokens"], seed=None if greedy else 0)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in request["prompt_token_ids"]], params, use_tqdm=False)
+    return {"answers": [[c.text.strip() for c in out.outputs] for out in outputs],
+            "new_tokens": sum(len(c.token_ids) for out in outputs for c in out.outputs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = argv if argv is not None else sys.argv[1:]
+    atomic_write_json(argv[1], run_request(read_json(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
