@@ -1,4 +1,5 @@
-"""CUDA path check (run on a GPU machine): QLoRA with bitsandbytes, bf16 inference, OOM back-off.
+"""CUDA path check (run on a GPU machine): QLoRA with bitsandbytes, bf16 inference, a warm-started
+QLoRA round, the vLLM backend (where vLLM is installed), OOM back-off.
 
     python benchmarks/gpu_check.py TOKENIZER_DIR OUT_DIR
 
@@ -58,6 +59,17 @@ def main(tok_dir: str, out: str) -> int:
     answers, istats = generate_answers(str(model_dir), str(out_dir / "adapter"), rows[:8], system_prompt=None,
                                        max_new_tokens=8, batch_size=8)
     report["infer"] = {**istats, "answers": answers[:3]}
+    warm = run_training(TrainSpec(base_model=str(model_dir), data_path=str(data), output_dir=str(out_dir / "adapter2"),
+                                  train={**train_cfg, "epochs": 1}, init_adapter=str(out_dir / "adapter")))
+    report["warm_start"] = {k: warm[k] for k in ("warm_start", "quantized_4bit", "steps", "first_loss", "last_loss")}
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:  # infer.backend: vllm, same prompts as the HF path
+        vanswers, vstats = generate_answers(str(model_dir), str(out_dir / "adapter"), rows[:8], system_prompt=None,
+                                            max_new_tokens=8, batch_size=8, backend="vllm")
+        report["vllm"] = {**vstats, "same_as_hf": sum(a == b for a, b in zip(answers, vanswers))}
+    else:
+        report["vllm"] = "not installed"
 
     # OOM back-off: long rows + a memory cap make micro-batch 64 fail for real on the GPU.
     long_rows = [{"id": str(i), "instruction": "word " * 500, "response": "reply " * 400} for i in range(64)]
@@ -83,7 +95,7 @@ def main(tok_dir: str, out: str) -> int:
     report["oom_backoff"] = attempts
     print(json.dumps(report, indent=1))
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    ok = (report["qlora"]["quantized_4bit"] and attempts[-1]["ok"] and any(a.get("oom") for a in attempts)
+    ok = (report["qlora"]["quantized_4bit"] and report["warm_start"]["warm_start"] and attempts[-1]["ok"] and any(a.get("oom") for a in attempts)
           and attempts[-1]["micro_batch"] * attempts[-1]["grad_accum"] == 64)
     print("GPU CHECK", "PASSED" if ok else "FAILED")
     return 0 if ok else 1

