@@ -1,47 +1,93 @@
 """Training without the work plain TRL does on a CPU but the loss does not need.
 
-Profiled (torch.profiler, SmolLM2-135M, 16 No Robots rows, batch 4, CPU, TRL 1.16): TRL's fused
-LM head scores *every* position through the 49k-word vocabulary when the device has no Triton (a
-GPU path scores only label positions), so prompt and padding tokens cost a third of the step;
-LoRA dropout's bernoulli masks and multiplies another quarter; padding to the longest row of a
-batch adds the rest. Here a micro-batch's rows are concatenated into one padding-free sequence
-(position ids restart per row; transformers turns that into a block-diagonal causal mask, so rows
-never attend to each other) and the vocabulary projection runs only where a label is. The loss is
-the same completion-token mean TRL computes (tests/test_lean_sft.py compares the two).
+Profiled (torch.profiler, SmolLM2-135M, 16 No Robots rows, batch 4, CPU, TRL 1.16; see
+benchmarks/README.md): TRL's fused LM head scores *every* position through the 49k-word
+vocabulary when the device has no Triton (its GPU path keeps only label positions), so prompt and
+padding tokens cost about a third of a step; LoRA dropout's masks and copies another fifth (the
+default is 0 now); rows padded to the longest of a random batch add the rest.
+
+So: batches are drawn from rows of similar length (seeded; the batch order is still shuffled),
+and the vocabulary projection runs only on the hidden states of label positions. Rows stay in
+their own padded batch rows rather than being concatenated: concatenating (TRL's padding-free
+mode) needs flash-attention's variable-length kernel to avoid attention over the whole
+concatenation, which CPUs do not have. The loss is TRL's completion-token mean
+(tests/test_lean_sft.py compares the two on the same batch).
 """
 
 from __future__ import annotations
 
+import random
+
+# Models whose logits are not just `lm_head(hidden)`: their loss goes through TRL's own path.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                     "logits_scaling")
+
+
+def plain_lm_head(config) -> bool:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return not any(getattr(text, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS)
+
+
+def length_grouped_order(lengths: list[int], batch_size: int, seed: int, group: int = 16) -> list[int]:
+    """Sample order in which each run of `batch_size` holds rows of similar length: shuffle, sort
+    within groups of `group` batches, then shuffle the batches (a partial last batch stays last,
+    so batch boundaries line up with the data loader's)."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    size = group * batch_size
+    batches = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start:start + size], key=lambda i: lengths[i])
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(full)
+    return [i for b in full + [b for b in batches if len(b) < batch_size] for i in b]
+
 
 def completion_nll(model, inputs: dict, num_items_in_batch=None):
-    """(loss, logits at label positions, their labels) for a padding-free batch (one row)."""
+    """(loss, logits at label positions, their labels): the backbone runs on the whole batch, the
+    vocabulary projection only where the next token is a label."""
     import torch.nn.functional as F
 
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal_lm.base_model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                                  use_cache=False).last_hidden_state[:, :-1]
     labels = inputs["labels"][:, 1:]
-    keep = (labels[0] != -100).nonzero().squeeze(-1)  # positions whose next token is a label
-    out = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False,
-                logits_to_keep=keep)
-    logits = out.logits[0].float()
-    targets = labels[0, keep]
+    mask = labels != -100
+    logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
+    targets = labels[mask]
     nll = F.cross_entropy(logits, targets, reduction="sum")
-    denom = num_items_in_batch if num_items_in_batch is not None else max(len(keep), 1)
+    denom = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
     return nll / denom, logits.detach(), targets
 
 
 def lean_trainer_class():
-    """An SFTTrainer whose batches are padding-free and whose loss touches only completion tokens."""
+    """An SFTTrainer with length-grouped batches whose loss touches only completion positions."""
     import torch
+    from torch.utils.data import Sampler
     from trl import SFTTrainer
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    class LengthGroupedSampler(Sampler):
+        def __init__(self, lengths: list[int], batch_size: int, seed: int):
+            self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+        def __len__(self):
+            return len(self.lengths)
+
+        def __iter__(self):
+            self.epoch += 1
+            return iter(length_grouped_order(self.lengths, self.batch_size, self.seed + self.epoch))
 
     class LeanSFTTrainer(SFTTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)  # TRL tokenizes, masks prompts and truncates to max_length
-            # labels (prompt tokens -100) were built with the dataset; this only changes how rows are batched
-            self.data_collator = DataCollatorForLanguageModeling(pad_token_id=self.processing_class.pad_token_id,
-                                                                 padding_free=True)
+        def _get_train_sampler(self, train_dataset=None):
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthGroupedSampler([len(x) for x in ds["input_ids"]], self.args.train_batch_size,
+                                        self.args.seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not plain_lm_head(self.model.config):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, logits, targets = completion_nll(model, inputs, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as TRL: DDP averages the gradients
