@@ -111,7 +111,7 @@ def build_trainer(spec: TrainSpec):
     if not cuda:  # on CUDA, TRL's Triton head already skips prompt positions (and Liger, bf16, QLoRA apply)
         from .lean_sft import lean_trainer_class
 
-        trainer_cls = lean_trainer_class()
+        trainer_cls = lean_trainer_class(cfg.group_by_length)
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                           peft_config=peft_cfg)
     trainer.llamaduo_meta = {"rows": len(rows), "micro_batch": micro, "grad_accum": accum,

@@ -38,7 +38,7 @@ def e2e_setup(tmp_path, tiny_model_dir, monkeypatch):
         "judge": {"repeats": 2, "temperature": 0.3, "service_baseline": True},
         "student": {"model": str(tiny_model_dir)},
         "train": {"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "max_length": 96, "lora_r": 8,
-                  "lora_alpha": 16, "quantization": "none"},
+                  "lora_alpha": 16, "quantization": "none", "warm_start": False},
         "infer": {"max_new_tokens": 4, "batch_size": 4},
         "gate": {"metric": "judge_score", "threshold": 50, "max_rounds": 3, "baseline": True},
         "budget": {"max_calls": 400, "max_usd": 0},

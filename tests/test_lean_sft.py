@@ -56,7 +56,13 @@ def test_length_grouped_order_groups_similar_lengths_and_keeps_every_row():
         "batch order still shuffled"
 
 
-def test_length_grouped_sampler_drives_the_dataloader(trainer):
+def test_length_grouped_sampler_drives_the_dataloader(tmp_path, tiny_model_dir):
+    data = atomic_write_jsonl(tmp_path / "train.jsonl", ROWS)
+    trainer = build_trainer(TrainSpec(base_model=str(tiny_model_dir), data_path=str(data),
+                                      output_dir=str(tmp_path / "adapter"),
+                                      train={"epochs": 1, "batch_size": 3, "max_length": 64, "lora_r": 4,
+                                             "quantization": "none", "group_by_length": True}))
+    assert type(trainer._get_train_sampler()).__name__ == "LengthGroupedSampler"
     loader = trainer.get_train_dataloader()
     sizes = [b["input_ids"].shape for b in loader]
     assert sum(s[0] for s in sizes) == len(ROWS)
