@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-NOT_STAGES = {"prepare-student", "publish-round-report"}  # bookkeeping, not the migration's work
+NOT_STAGES = {"prepare-student", "report"}  # bookkeeping, not the migration's work
+CONTAINERS = {"migration-round"}  # a subflow's run as seen from its parent: not a stage
 
 
 def main() -> int:
@@ -58,6 +59,8 @@ print(json.dumps({"tasks": [[t.name, t.start_time.isoformat() if t.start_time el
         if not (start and end):
             continue
         task = name.rsplit("-", 1)[0]
+        if task in CONTAINERS:
+            continue
         by_name[task] = by_name.get(task, 0.0) + ts(end) - ts(start)
         (other_iv if task in NOT_STAGES else stage_iv).append((ts(start), ts(end)))
     flow_start = min(ts(s) for _, s, _ in runs["flows"])
