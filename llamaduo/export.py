@@ -35,17 +35,13 @@ def check_reproduces(model_dir: Path, items: list[dict], expected: dict[str, str
 def export_model(root: str | Path, student: StudentRef, best: RoundRecord, card_for, infer: InferConfig,
                  system_prompt: str | None, test: Artifact, answers: Artifact | None, out: str) -> ExportResult:
     """`card_for(check)` renders the model card once the reproduction check is known."""
-    from .infer import load_student
-    from .models import load_tokenizer
+    from .infer import save_merged
 
     t0 = time.time()
     root = Path(root)
     adapter_dir = best.adapter.at(root)
     with staged_dir(root / out) as tmp:
-        model = load_student(student.path, str(adapter_dir)).to("cpu")
-        model.save_pretrained(tmp / "merged", safe_serialization=True)
-        load_tokenizer(str(adapter_dir)).save_pretrained(tmp / "merged")
-        del model
+        save_merged(student.path, str(adapter_dir), tmp / "merged")
         shutil.copytree(adapter_dir, tmp / "adapter")
         check = {"checked": 0, "matched": 0, "reproduces": None, "note": "sampled answers: not comparable"}
         if answers is not None and infer.samples_per_prompt == 1:

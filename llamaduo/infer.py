@@ -39,6 +39,15 @@ def load_student(base_model: str, adapter_dir: str | None):
     return model.to("cuda") if cuda else model
 
 
+def save_merged(base_model: str, adapter_dir: str, dest: Path) -> Path:
+    """Base + adapter merged and saved with the adapter's tokenizer: what the export ships and vLLM loads."""
+    from .models import load_tokenizer
+
+    load_student(base_model, adapter_dir).to("cpu").save_pretrained(dest, safe_serialization=True)
+    load_tokenizer(adapter_dir).save_pretrained(dest)
+    return dest
+
+
 def resolve_backend(backend: str) -> str:
     """`auto` is vLLM only where it can run (CUDA and the package); otherwise transformers."""
     if backend != "auto":

@@ -22,14 +22,9 @@ class VLLMFailed(RuntimeError):
 
 
 def merged_model_dir(base_model: str, adapter_dir: str | None, dest: Path) -> str:
-    if not adapter_dir:
-        return base_model
-    from .infer import load_student
-    from .models import load_tokenizer
+    from .infer import save_merged
 
-    load_student(base_model, adapter_dir).to("cpu").save_pretrained(dest, safe_serialization=True)
-    load_tokenizer(adapter_dir).save_pretrained(dest)
-    return str(dest)
+    return str(save_merged(base_model, adapter_dir, dest)) if adapter_dir else base_model
 
 
 def generate_vllm(base_model: str, adapter_dir: str | None, ids: list[list[int]], *, max_new_tokens: int,
