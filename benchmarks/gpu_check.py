@@ -74,7 +74,10 @@ def main(tok_dir: str, out: str) -> int:
     # OOM back-off: long rows + a memory cap make micro-batch 64 fail for real on the GPU.
     long_rows = [{"id": str(i), "instruction": "word " * 500, "response": "reply " * 400} for i in range(64)]
     atomic_write_jsonl(out_dir / "long.jsonl", long_rows)
-    os.environ["LLAMADUO_CUDA_MEMORY_FRACTION"] = os.environ.get("OOM_FRACTION", "0.03")
+    # About 0.6 GiB whatever the card: a fixed fraction of an H200 (4.3 GiB at 0.03) held micro-batch 64.
+    cap = min(0.03, 0.6 * 2**30 / torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else 0.03
+    os.environ["LLAMADUO_CUDA_MEMORY_FRACTION"] = os.environ.get("OOM_FRACTION", f"{cap:.4f}")
+    report["oom_memory_fraction"] = os.environ["LLAMADUO_CUDA_MEMORY_FRACTION"]
     oom_cfg = {"epochs": 1, "batch_size": 64, "max_length": 1024, "learning_rate": 1e-3, "quantization": "auto",
                "max_steps": 2}
     attempts = []
