@@ -260,7 +260,8 @@ class TrainConfig(_Section):
 
 class InferConfig(_Section):
     max_new_tokens: int = Field(128, gt=0, description="Max new tokens per test answer.")
-    batch_size: int = Field(8, gt=0, description="Prompts per generation batch.")
+    batch_size: int = Field(16, gt=0, description="Prompts per generation batch (length-sorted; on a CPU "
+                            "16 measured fastest, benchmarks/infer_speed.py).")
     samples_per_prompt: int = Field(1, gt=0, description="Answers per test prompt; >1 samples at `temperature` "
                                     "(paper: 4 at 0.4) and scores each.")
     temperature: float = Field(0.4, ge=0, description="Sampling temperature when samples_per_prompt > 1 "

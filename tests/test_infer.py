@@ -22,11 +22,75 @@ def test_length_sorted_batches_group_similar_lengths_and_cover_every_index():
 
 
 def test_sorted_batches_answer_in_the_callers_order(tiny_model_dir):
-    kw = dict(system_prompt=None, max_new_tokens=6, batch_size=1, progress=False)
-    together, stats = generate_answers(str(tiny_model_dir), None, ITEMS, **kw)
-    one_by_one = [generate_answers(str(tiny_model_dir), None, [it], **kw)[0][0] for it in ITEMS]
+    kw = dict(system_prompt=None, max_new_tokens=6, progress=False)
+    together, stats = generate_answers(str(tiny_model_dir), None, ITEMS, batch_size=3, **kw)
+    one_by_one = [generate_answers(str(tiny_model_dir), None, [it], batch_size=1, **kw)[0][0] for it in ITEMS]
     assert together == one_by_one
     assert stats["backend"] == "hf" and stats["items"] == len(ITEMS)
+
+
+def _student(model_dir):
+    from llamaduo.infer import load_student
+
+    tok = load_tokenizer(str(model_dir))
+    tok.padding_side = "left"
+    return load_student(str(model_dir), None), tok, prompt_token_ids(tok, ITEMS, None)
+
+
+def _alone(model, tok, row, n, eos):
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([row]), max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=eos)
+    return out[0, len(row):].tolist()
+
+
+def test_prefilled_static_cache_holds_each_prompt_left_padded(tiny_model_dir):
+    import torch
+
+    from llamaduo.infer import prefill_each
+
+    model, _, rows = _student(tiny_model_dir)
+    cache = prefill_each(model, rows, max_new_tokens=5, repeats=2)
+    width = max(map(len, rows)) - 1
+    assert cache.get_seq_length() == width
+    keys = cache.layers[0].keys
+    assert keys.shape[0] == 2 * len(rows) and keys.shape[2] == width + 5
+    with torch.inference_mode():
+        alone = model(input_ids=torch.tensor([rows[2][:-1]]), use_cache=True).cache.layers[0].keys
+    n = len(rows[2]) - 1
+    assert torch.allclose(keys[4, :, width - n:width], alone[0], atol=1e-5) and torch.equal(keys[4], keys[5])
+    assert not keys[4, :, :width - n].any(), "left padding stays empty"
+
+
+def test_finished_rows_leave_the_batch_and_answers_match_one_by_one(tiny_model_dir):
+    """A frequent token of the random model stands in for EOS, so rows stop at different steps and
+    leave the batch between chunks; each answer must equal that prompt generated alone."""
+    from llamaduo.infer import _generate_batch
+
+    model, tok, rows = _student(tiny_model_dir)
+    first = [_alone(model, tok, r, 12, None) for r in rows]
+    eos = max(set(first[0]), key=first[0].count)
+    expected = [_alone(model, tok, r, 12, eos) for r in rows]
+    assert len({len(e) for e in expected}) > 1, "the stand-in EOS must end rows at different steps"
+    got = _generate_batch(model, tok, rows, max_new_tokens=12, samples=1, sampling={"do_sample": False}, chunk=2,
+                          eos_token_id=eos).tolist()
+    assert [g[:len(e)] for g, e in zip(got, expected)] == expected
+    assert all(set(g[len(e):]) <= {tok.pad_token_id} for g, e in zip(got, expected))
+
+
+def test_sliding_window_models_take_the_plain_batched_path(tmp_path):
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from llamaduo.infer import prefill_each
+
+    cfg = MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, sliding_window=4)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(cfg).eval()
+    assert prefill_each(model, [[1, 2, 3, 4, 5, 6], [7, 8, 9]], max_new_tokens=3) is None
 
 
 def test_auto_backend_is_transformers_without_cuda():
