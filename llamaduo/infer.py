@@ -73,46 +73,71 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def prefill_each(model, rows: list[list[int]], *, max_new_tokens: int, repeats: int = 1):
-    """A preallocated (static) KV cache holding every prompt token but the last, computed one prompt at
-    a time and left-padded; each prompt's rows repeated `repeats` times. None where the model's cache
-    is not one plain key/value pair per layer (sliding windows, state-space layers).
+SEPARATE_PREFILL_PADDING = 1.5  # padded/real prompt tokens above which prompts prefill one at a time
 
-    Why, on a CPU (profiled on 32 shared Classify prompts, SmolLM2-135M): a padded batch's prefill
-    runs attention through the explicit padding mask (math kernel, quadratic memory; 7.7 s for 8
-    prompts that take 0.35 s each alone), and the default growing cache re-copies itself every
-    decoding step (`aten::cat` 59% of a decode step at 16 x 1389 tokens)."""
+
+def prefill_static_cache(model, rows: list[list[int]], *, pad_token_id: int, max_new_tokens: int, repeats: int = 1):
+    """A preallocated (static) KV cache holding every prompt token but the last, left-padded, each
+    prompt's rows repeated `repeats` times; None where the model's cache is not one plain key/value
+    pair per layer (sliding windows, state-space layers).
+
+    Why, on a CPU (profiled on 32 shared Classify prompts, SmolLM2-135M): the default growing cache
+    re-copies itself every decoding step (`aten::cat` 59% of a decode step at 16 x 1389 tokens); and
+    a padded batch's prefill runs attention through the explicit padding mask (math kernel,
+    quadratic memory: 7.7 s for 8 prompts that take 0.35 s each alone), so a batch with much
+    padding prefills one prompt at a time. With little padding one batched forward is faster
+    (the demo's 16 short prompts: 5.6 s batched vs 6.9 s one at a time)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    lengths = [len(r) - 1 for r in rows]  # the last token is generate's first input
+    if min(lengths) < 1:
+        return None
+    width = max(lengths)
+    if width * len(rows) > SEPARATE_PREFILL_PADDING * sum(lengths):
+        parts = [_prefill(model, [r[:-1]]) for r in rows]
+        if any(p is None for p in parts):
+            return None
+        keys = [torch.cat([F.pad(p[0][n], (0, 0, width - m, 0)) for p, m in zip(parts, lengths)])
+                for n in range(len(parts[0][0]))]
+        values = [torch.cat([F.pad(p[1][n], (0, 0, width - m, 0)) for p, m in zip(parts, lengths)])
+                  for n in range(len(parts[0][1]))]
+    else:
+        kv = _prefill(model, [[pad_token_id] * (width - m) + r[:-1] for r, m in zip(rows, lengths)],
+                      [[0] * (width - m) + [1] * m for m in lengths])
+        if kv is None:
+            return None
+        keys, values = kv
+    static = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    if len(static.layers) != len(keys) or any(type(layer) is not StaticLayer for layer in static.layers):
+        return None
+    positions = torch.arange(width, device=model.device)
+    for layer, k, v in zip(static.layers, keys, values):
+        layer.update(k.repeat_interleave(repeats, dim=0), v.repeat_interleave(repeats, dim=0),
+                     {"cache_position": positions})  # older 5.x StaticLayer reads the positions from here
+    return static if static.get_seq_length() == width else None
+
+
+def _prefill(model, ids: list[list[int]], mask: list[list[int]] | None = None):
+    """Per-layer keys and values of one forward pass over (left-padded) `ids`; None unless the
+    model's cache is one plain key/value pair per layer."""
     import inspect
 
     import torch
-    import torch.nn.functional as F
-    from transformers import DynamicCache, StaticCache
-    from transformers.cache_utils import DynamicLayer, StaticLayer
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
-    if min(len(r) for r in rows) < 2:
+    kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    if mask is not None:  # positions count real tokens only, as generate counts them from the mask
+        m = torch.tensor(mask, device=model.device)
+        kw.update(attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0))
+    with torch.inference_mode():
+        cache = getattr(model(input_ids=torch.tensor(ids, device=model.device), use_cache=True, **kw), _cache_kw())
+    if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
-    width = max(len(r) for r in rows) - 1
-    head_only_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    keys: list[list] = []
-    values: list[list] = []
-    for row in rows:
-        with torch.inference_mode():
-            cache = getattr(model(input_ids=torch.tensor([row[:-1]], device=model.device), use_cache=True,
-                                  **head_only_last), _cache_kw())
-        if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
-            return None
-        pad = width - (len(row) - 1)
-        keys.append([F.pad(layer.keys, (0, 0, pad, 0)) for layer in cache.layers])
-        values.append([F.pad(layer.values, (0, 0, pad, 0)) for layer in cache.layers])
-    static = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
-    if len(static.layers) != len(keys[0]) or any(type(layer) is not StaticLayer for layer in static.layers):
-        return None
-    positions = torch.arange(width, device=model.device)
-    for n, layer in enumerate(static.layers):
-        layer.update(torch.cat([k[n] for k in keys]).repeat_interleave(repeats, dim=0),
-                     torch.cat([v[n] for v in values]).repeat_interleave(repeats, dim=0),
-                     {"cache_position": positions})  # older 5.x StaticLayer reads the positions from here
-    return static if static.get_seq_length() == width else None
+    return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
 
 
 def _cache_kw() -> str:
@@ -120,6 +145,15 @@ def _cache_kw() -> str:
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _static_pays(model, rows: list[list[int]], batch: int, max_new_tokens: int, chunk: int) -> bool:
+    """Static cache and chunked decoding on a CPU where they were measured to win: answers longer than
+    one chunk (finished rows can leave) or a batch that is mostly padding. Otherwise (the demo: 16
+    tokens, similar prompts) one plain `generate` is as fast and simpler."""
+    lengths = [len(r) - 1 for r in rows]
+    padded = max(lengths) * len(rows) > SEPARATE_PREFILL_PADDING * sum(lengths)
+    return model.device.type == "cpu" and batch > 1 and (max_new_tokens > chunk or padded)
 
 
 def _generate_batch(model, tok, rows: list[list[int]], *, max_new_tokens: int, samples: int, sampling: dict,
@@ -134,8 +168,9 @@ def _generate_batch(model, tok, rows: list[list[int]], *, max_new_tokens: int, s
     repeated = [r for r in rows for _ in range(samples)]  # as num_return_sequences would, kept explicit
     batch = tok.pad({"input_ids": repeated}, return_tensors="pt").to(model.device)
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    cache = prefill_each(model, rows, max_new_tokens=max_new_tokens, repeats=samples) \
-        if model.device.type == "cpu" and len(repeated) > 1 else None
+    cache = prefill_static_cache(model, rows, pad_token_id=tok.pad_token_id, max_new_tokens=max_new_tokens,
+                                 repeats=samples) if _static_pays(model, rows, len(repeated), max_new_tokens, chunk) \
+        else None  # generate would repeat the prompts for samples, not a given cache: repeated explicitly
     eos_token_id = tok.eos_token_id if eos_token_id is None else eos_token_id
     eos = torch.tensor([eos_token_id], device=model.device)
     tokens: list[list[int]] = [[] for _ in repeated]

@@ -46,13 +46,15 @@ def _alone(model, tok, row, n, eos):
     return out[0, len(row):].tolist()
 
 
-def test_prefilled_static_cache_holds_each_prompt_left_padded(tiny_model_dir):
+@pytest.mark.parametrize("separate", [True, False], ids=["one-prompt-at-a-time", "one-batched-forward"])
+def test_prefilled_static_cache_holds_each_prompt_left_padded(tiny_model_dir, monkeypatch, separate):
     import torch
 
-    from llamaduo.infer import prefill_each
+    import llamaduo.infer as infer
 
-    model, _, rows = _student(tiny_model_dir)
-    cache = prefill_each(model, rows, max_new_tokens=5, repeats=2)
+    monkeypatch.setattr(infer, "SEPARATE_PREFILL_PADDING", 0.0 if separate else float("inf"))
+    model, tok, rows = _student(tiny_model_dir)
+    cache = infer.prefill_static_cache(model, rows, pad_token_id=tok.pad_token_id, max_new_tokens=5, repeats=2)
     width = max(map(len, rows)) - 1
     assert cache.get_seq_length() == width
     keys = cache.layers[0].keys
@@ -61,36 +63,39 @@ def test_prefilled_static_cache_holds_each_prompt_left_padded(tiny_model_dir):
         alone = model(input_ids=torch.tensor([rows[2][:-1]]), use_cache=True).cache.layers[0].keys
     n = len(rows[2]) - 1
     assert torch.allclose(keys[4, :, width - n:width], alone[0], atol=1e-5) and torch.equal(keys[4], keys[5])
-    assert not keys[4, :, :width - n].any(), "left padding stays empty"
+    assert not keys[4, :, width:].any(), "room for the answer stays empty"
 
 
-def test_finished_rows_leave_the_batch_and_answers_match_one_by_one(tiny_model_dir):
+@pytest.mark.parametrize("separate", [True, False], ids=["one-prompt-at-a-time", "one-batched-forward"])
+def test_finished_rows_leave_the_batch_and_answers_match_one_by_one(tiny_model_dir, monkeypatch, separate):
     """A frequent token of the random model stands in for EOS, so rows stop at different steps and
     leave the batch between chunks; each answer must equal that prompt generated alone."""
-    from llamaduo.infer import _generate_batch
+    import llamaduo.infer as infer
 
+    monkeypatch.setattr(infer, "SEPARATE_PREFILL_PADDING", 0.0 if separate else float("inf"))
     model, tok, rows = _student(tiny_model_dir)
     first = [_alone(model, tok, r, 12, None) for r in rows]
     eos = max(set(first[0]), key=first[0].count)
     expected = [_alone(model, tok, r, 12, eos) for r in rows]
     assert len({len(e) for e in expected}) > 1, "the stand-in EOS must end rows at different steps"
-    got = _generate_batch(model, tok, rows, max_new_tokens=12, samples=1, sampling={"do_sample": False}, chunk=2,
-                          eos_token_id=eos).tolist()
+    got = infer._generate_batch(model, tok, rows, max_new_tokens=12, samples=1, sampling={"do_sample": False},
+                                chunk=2, eos_token_id=eos).tolist()
     assert [g[:len(e)] for g, e in zip(got, expected)] == expected
     assert all(set(g[len(e):]) <= {tok.pad_token_id} for g, e in zip(got, expected))
 
 
-def test_sliding_window_models_take_the_plain_batched_path(tmp_path):
+def test_sliding_window_models_take_the_plain_batched_path():
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from llamaduo.infer import prefill_each
+    from llamaduo.infer import prefill_static_cache
 
     cfg = MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                         num_attention_heads=2, num_key_value_heads=1, sliding_window=4)
     torch.manual_seed(0)
     model = MistralForCausalLM(cfg).eval()
-    assert prefill_each(model, [[1, 2, 3, 4, 5, 6], [7, 8, 9]], max_new_tokens=3) is None
+    for rows in ([[1, 2, 3, 4, 5, 6], [7, 8, 9]], [[1, 2, 3], [4, 5, 6]]):  # either prefill
+        assert prefill_static_cache(model, rows, pad_token_id=0, max_new_tokens=3) is None
 
 
 def test_auto_backend_is_transformers_without_cuda():
