@@ -73,7 +73,10 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-SEPARATE_PREFILL_PADDING = 1.5  # padded/real prompt tokens above which prompts prefill one at a time
+# padded/real prompt tokens above which prompts prefill one at a time (any padding: measured 3.06x
+# vs 2.57x with a batched masked prefill at 1.44 on benchmarks/infer_speed.py)
+SEPARATE_PREFILL_PADDING = 1.0
+MOSTLY_PADDED = 1.5  # padded/real prompt tokens above which the static path pays even for short answers
 
 
 def prefill_static_cache(model, rows: list[list[int]], *, pad_token_id: int, max_new_tokens: int, repeats: int = 1):
@@ -84,9 +87,8 @@ def prefill_static_cache(model, rows: list[list[int]], *, pad_token_id: int, max
     Why, on a CPU (profiled on 32 shared Classify prompts, SmolLM2-135M): the default growing cache
     re-copies itself every decoding step (`aten::cat` 59% of a decode step at 16 x 1389 tokens); and
     a padded batch's prefill runs attention through the explicit padding mask (math kernel,
-    quadratic memory: 7.7 s for 8 prompts that take 0.35 s each alone), so a batch with much
-    padding prefills one prompt at a time. With little padding one batched forward is faster
-    (the demo's 16 short prompts: 5.6 s batched vs 6.9 s one at a time)."""
+    quadratic memory: 7.7 s for 8 prompts that take 0.35 s each alone), so a padded batch prefills
+    one prompt at a time; prompts of equal length take one batched (unmasked) forward."""
     import torch
     import torch.nn.functional as F
     from transformers import StaticCache
@@ -152,7 +154,7 @@ def _static_pays(model, rows: list[list[int]], batch: int, max_new_tokens: int, 
     one chunk (finished rows can leave) or a batch that is mostly padding. Otherwise (the demo: 16
     tokens, similar prompts) one plain `generate` is as fast and simpler."""
     lengths = [len(r) - 1 for r in rows]
-    padded = max(lengths) * len(rows) > SEPARATE_PREFILL_PADDING * sum(lengths)
+    padded = max(lengths) * len(rows) > MOSTLY_PADDED * sum(lengths)
     return model.device.type == "cpu" and batch > 1 and (max_new_tokens > chunk or padded)
 
 
