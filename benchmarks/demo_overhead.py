@@ -76,6 +76,18 @@ print(json.dumps({"tasks": [[t.name, t.start_time.isoformat() if t.start_time el
     for name, secs in sorted(by_name.items(), key=lambda kv: -kv[1]):
         print(f"    {name:28s} {secs:6.1f} s")
     print(f"  orchestration overhead: {overhead:.1f} s = {100 * overhead / wall:.1f}% of wall")
+    print("  largest gaps inside the flow (no task running), after which task:")
+    named = sorted((ts(s), ts(e), n.rsplit("-", 1)[0]) for n, s, e in runs["tasks"]
+                   if s and e and n.rsplit("-", 1)[0] not in CONTAINERS)
+    gaps, end, last = [], flow_start, "flow start"
+    for s, e, n in named:
+        if s > end:
+            gaps.append((s - end, last, n))
+        if e > end:
+            end, last = e, n
+    gaps.append((flow_end - end, last, "flow end"))
+    for secs, before, after in sorted(gaps, reverse=True)[:8]:
+        print(f"    {secs:5.1f} s  between {before} and {after}")
     return 0
 
 
