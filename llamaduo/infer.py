@@ -79,6 +79,12 @@ SEPARATE_PREFILL_PADDING = 1.0
 MOSTLY_PADDED = 1.5  # padded/real prompt tokens above which the static path pays even for short answers
 
 
+def _padding_ratio(rows: list[list[int]]) -> float:
+    """Padded over real tokens of the prompts' prefill part (all but each prompt's last token)."""
+    lengths = [len(r) - 1 for r in rows]
+    return max(lengths) * len(rows) / max(sum(lengths), 1)
+
+
 def prefill_static_cache(model, rows: list[list[int]], *, pad_token_id: int, max_new_tokens: int, repeats: int = 1):
     """A preallocated (static) KV cache holding every prompt token but the last, left-padded, each
     prompt's rows repeated `repeats` times; None where the model's cache is not one plain key/value
@@ -98,7 +104,7 @@ def prefill_static_cache(model, rows: list[list[int]], *, pad_token_id: int, max
     if min(lengths) < 1:
         return None
     width = max(lengths)
-    if width * len(rows) > SEPARATE_PREFILL_PADDING * sum(lengths):
+    if _padding_ratio(rows) > SEPARATE_PREFILL_PADDING:
         parts = [_prefill(model, [r[:-1]]) for r in rows]
         if any(p is None for p in parts):
             return None
@@ -153,9 +159,7 @@ def _static_pays(model, rows: list[list[int]], batch: int, max_new_tokens: int, 
     """Static cache and chunked decoding on a CPU where they were measured to win: answers longer than
     one chunk (finished rows can leave) or a batch that is mostly padding. Otherwise (the demo: 16
     tokens, similar prompts) one plain `generate` is as fast and simpler."""
-    lengths = [len(r) - 1 for r in rows]
-    padded = max(lengths) * len(rows) > MOSTLY_PADDED * sum(lengths)
-    return model.device.type == "cpu" and batch > 1 and (max_new_tokens > chunk or padded)
+    return model.device.type == "cpu" and batch > 1 and (max_new_tokens > chunk or _padding_ratio(rows) > MOSTLY_PADDED)
 
 
 def _generate_batch(model, tok, rows: list[list[int]], *, max_new_tokens: int, samples: int, sampling: dict,
