@@ -1,8 +1,9 @@
 """`llamaduo run|validate` — the console entry point.
 
 Exit codes (the design contract): 0 gate passed, 3 stopped without passing (rounds, budget, plateau),
-2 invalid config or data, or an endpoint that refuses the preflight call (the message names
-file, line/row and field), 4 the service LLM is failing, 1 any other failure.
+2 invalid config or data, an endpoint that refuses the preflight call (the message names
+file, line/row and field), or a run directory another live run holds, 4 the service LLM is failing
+or (warm start) a round kept no new rows to train on, 1 any other failure.
 """
 
 from __future__ import annotations
@@ -114,14 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from llamaduo.config import load_config
     from llamaduo.errors import InputError
-    from llamaduo.preflight import preflight
+    from llamaduo.preflight import preflight, probe_endpoints
+    from llamaduo.store import lock_run_dir
 
-    workdir = None
+    workdir = run_lock = None
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command == "run":
             workdir = Path(args.workdir or Path("runs") / cfg.name).resolve()
-        pf = preflight(cfg, workdir, probe=args.command == "run")
+        pf = preflight(cfg, workdir, probe=False)
+        if args.command == "run":
+            # Taken before the probe writes into the directory, held until this process ends (and
+            # by the flow child it hands it to): a second run on the directory exits 2 here.
+            run_lock = lock_run_dir(workdir)
+            pf.probe = probe_endpoints(cfg, pf.splits, workdir / "cache" / "service")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -129,28 +136,48 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print("config and data are valid")
         return EXIT_PASSED
-    workdir.mkdir(parents=True, exist_ok=True)
     _prefect_env(workdir)
-    return _supervise(cfg, workdir, pf.probe)
+    with run_lock:
+        return _supervise(cfg, workdir, pf.probe, run_lock)
 
 
 STOP_GRACE_S = 10.0
 
 
-def _supervise(cfg, workdir: Path, probe) -> int:
+def _supervise(cfg, workdir: Path, probe, run_lock) -> int:
     """Run the flow in a child process and stay able to stop it. A SIGTERM or SIGINT is passed
     on; the child marks its flow run, stops its training process and exits at once; if anything
     there lingers past STOP_GRACE_S, its whole process group is killed. Every finished stage is
-    cached and every received reply is in the reply cache: the same command resumes."""
+    cached and every received reply is in the reply cache: the same command resumes.
+
+    The child lives in its own session (a terminal's Ctrl-C reaches only this process), so a
+    SIGKILL here cannot be passed on: the child ends its own process tree when this process dies
+    (a parent-death signal, and EOF on a pipe only this process writes to). It inherits the run
+    directory's lock, so a flow still ending keeps a re-run out."""
+    import subprocess
+
+    from llamaduo.store import RUN_LOCK_FD_ENV, atomic_write_json
+
+    spec = workdir / ".llamaduo" / "invocation.json"
+    atomic_write_json(spec, {"config": cfg.model_dump(mode="json"), "workdir": str(workdir),
+                             "probe": probe.model_dump(mode="json")})
+    lifeline_read, lifeline_write = os.pipe()
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "flows.cli", "_flow", str(spec), str(os.getpid()),
+                                  str(lifeline_read)], start_new_session=True, pass_fds=(run_lock.fd, lifeline_read),
+                                 env={**os.environ, RUN_LOCK_FD_ENV: str(run_lock.fd)})
+    finally:
+        os.close(lifeline_read)
+    try:
+        return _wait_for_child(child)
+    finally:
+        os.close(lifeline_write)
+
+
+def _wait_for_child(child) -> int:
     import signal
     import subprocess
 
-    spec = workdir / ".llamaduo" / "invocation.json"
-    from llamaduo.store import atomic_write_json
-
-    atomic_write_json(spec, {"config": cfg.model_dump(mode="json"), "workdir": str(workdir),
-                             "probe": probe.model_dump(mode="json")})
-    child = subprocess.Popen([sys.executable, "-m", "flows.cli", "_flow", str(spec)], start_new_session=True)
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -175,20 +202,30 @@ def _supervise(cfg, workdir: Path, probe) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    try:  # the child's session: a training process or temporary server it left behind (it died by a signal)
+        os.killpg(child.pid, signal.SIGKILL)
+    except OSError:
+        pass
     if received:
-        try:  # the child's session: a training process or temporary server it left behind
-            os.killpg(child.pid, signal.SIGKILL)
-        except OSError:
-            pass
         print(f"stopped by {signal.Signals(received[0]).name}: finished stages are saved; re-run the same command "
               "to resume", file=sys.stderr)
         return 128 + received[0]
     return code
 
 
-def _flow_main(spec_path: str) -> int:
-    """The child process of `llamaduo run`: the Prefect flow itself."""
+def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int | None = None) -> int:
+    """The child process of `llamaduo run`: the Prefect flow itself. It ends, with its training
+    process and temporary server, when the supervising CLI process dies."""
     import json
+
+    from llamaduo.lifeline import ParentLifeline, end_process_tree
+
+    if parent_pid is not None:
+        def parent_gone() -> None:
+            print("\nthe supervising `llamaduo run` process is gone: ending this run", file=sys.stderr, flush=True)
+            end_process_tree()
+
+        ParentLifeline(parent_pid, lifeline_fd, parent_gone).start()
 
     from llamaduo.config import RunConfig
     from llamaduo.errors import InputError
@@ -235,10 +272,13 @@ def _flow_main(spec_path: str) -> int:
               f"model card: {result['final_model_dir']}/README.md)")
     if result["passed"]:
         return EXIT_PASSED
-    return EXIT_SERVICE_FAILING if result["stop_reason"] == "service_failing" else EXIT_NOT_PASSED
+    from llamaduo.gate import STOP_NO_NEW_ROWS, STOP_SERVICE_FAILING
+
+    return EXIT_SERVICE_FAILING if result["stop_reason"] in (STOP_SERVICE_FAILING, STOP_NO_NEW_ROWS) \
+        else EXIT_NOT_PASSED
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_flow"]:
-        raise SystemExit(_flow_main(sys.argv[2]))
+        raise SystemExit(_flow_main(sys.argv[2], *(int(a) for a in sys.argv[3:5])))
     raise SystemExit(main())

@@ -2,7 +2,9 @@
 
 Prefect renders this model as a form in the UI and validates it before the run starts
 (`enforce_parameter_schema`): a threshold off every metric's scale is refused by Prefect
-itself; the rest is checked by the preflight against the config file.
+itself; the operator's ceilings (`llamaduo_run_ceilings` in deployments/prefect.yaml: money, calls,
+rounds, a gate-threshold floor) are checked by the flow on the worker, where a run cannot change
+them, before anything is spent.
 """
 
 from __future__ import annotations
@@ -34,8 +36,18 @@ class RunSettings(BaseModel):
     max_usd: float | None = Field(None, ge=0, description="Hard cap on service cost in USD.")
 
     def to_overrides(self) -> list[str]:
-        keys = {"service_model": "service.model", "judge_model": "judge.model", "student_model": "student.model",
-                "gate_metric": "gate.metric", "gate_threshold": "gate.threshold", "max_rounds": "gate.max_rounds",
-                "rows_per_round": "synth.rows_per_round", "max_calls": "budget.max_calls",
-                "max_usd": "budget.max_usd"}
-        return [f"{keys[name]}={value}" for name, value in self.model_dump().items() if value is not None]
+        return [f"{CONFIG_KEYS[name]}={value}" for name, value in self.model_dump().items() if value is not None]
+
+    def field_setting(self, config_key: str | None) -> str | None:
+        """`settings.<name>` when this form set `config_key`, for errors that name what the person typed."""
+        for name, key in CONFIG_KEYS.items():
+            if key == config_key and getattr(self, name) is not None:
+                return f"settings.{name}"
+        return None
+
+
+# The config key each form field sets.
+CONFIG_KEYS = {"service_model": "service.model", "judge_model": "judge.model", "student_model": "student.model",
+               "gate_metric": "gate.metric", "gate_threshold": "gate.threshold", "max_rounds": "gate.max_rounds",
+               "rows_per_round": "synth.rows_per_round", "max_calls": "budget.max_calls",
+               "max_usd": "budget.max_usd"}

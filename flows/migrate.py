@@ -13,9 +13,9 @@ from prefect import flow, get_run_logger
 from llamaduo.config import STANDIN_MODEL, RunConfig, provider_of
 from llamaduo.gate import STOP_PASSED, best_round
 from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
-from llamaduo.records import ServiceStats, SplitResult, StudentRef
+from llamaduo.records import Evaluation, ServiceStats, SplitResult, StudentRef
 from llamaduo.standin import LABEL as STANDIN_LABEL
-from llamaduo.store import RunDir
+from llamaduo.store import RunDir, lock_run_dir
 from llamaduo.summary import write_summary
 from tasks._policy import run_stage
 from tasks._results import RESULT_OPTIONS, quarantine_untrusted_results
@@ -37,6 +37,7 @@ def _service_baseline(cfg: RunConfig, root: str, data: SplitResult, state: LoopS
                        system_prompt=cfg.student.system_prompt, out=out)
     ev = judge_answers(cfg, root, state, data.test, sa.answers, "service baseline", "baselines/service/judged.jsonl")
     state.baselines[BASELINE_SERVICE] = ev.metrics
+    state.baseline_evaluations[BASELINE_SERVICE] = Evaluation.of(ev)  # parity is not decided on a thin baseline
 
 
 def _base_student(cfg: RunConfig, root: str, student: StudentRef, data: SplitResult, state: LoopState) -> None:
@@ -59,6 +60,7 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
     `migrate_config_file` do)."""
     log = get_run_logger()
     cfg, root = config, str(Path(workdir).resolve())
+    run_lock = lock_run_dir(root)  # noqa: F841 - held until this flow returns; another live run's: exit 2
     rd = RunDir(root).mkdirs()
     from prefect.settings import get_current_settings
 
@@ -123,7 +125,7 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
             operator's allow-list (`llamaduo_run_overrides` in deployments/prefect.yaml).
         workdir: run directory inside the project (default `runs/<name>`).
     """
-    from llamaduo.config import check_run_overrides, load_config
+    from llamaduo.config import check_run_ceilings, check_run_overrides, load_config
     from llamaduo.errors import InputError
     from llamaduo.preflight import preflight
 
@@ -131,7 +133,8 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
     for name, value in (("config_path", config_path), ("workdir", workdir)):
         if value and project.resolve() not in (p := (project / value).resolve(), *p.parents):
             raise InputError("must stay inside the project directory", field=name)
-    check_run_overrides(overrides or [], run_override_allow_list(project), project)
+    config_dir = (project / config_path).parent  # relative data paths resolve against it
+    check_run_overrides(overrides or [], run_override_allow_list(project), project, config_dir)
     if settings is not None:
         base = load_config(config_path)
         for name, model, configured in (("settings.service_model", settings.service_model, base.service.model),
@@ -139,8 +142,15 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
             if model and provider_of(model) != provider_of(configured):  # another provider would get this key
                 raise InputError(f"must stay on the provider of {configured!r}", field=name)
         check_run_overrides([o for o in settings.to_overrides() if o.startswith("student.model=")], ["student.model"],
-                            project)
+                            project, config_dir)
     cfg = load_config(config_path, (settings.to_overrides() if settings else []) + (overrides or []))
+    try:  # the run's effective config, whichever of the file, the form or an override set a value
+        check_run_ceilings(cfg, run_ceilings(project))
+    except InputError as exc:
+        form_field = settings.field_setting(exc.field) if settings is not None else None
+        if form_field is None:
+            raise
+        raise InputError(f"sets {exc}", field=form_field) from None
     workdir = workdir or str(Path("runs") / cfg.name)
     pf = preflight(cfg, Path(workdir))
     for w in pf.warnings:
@@ -148,16 +158,37 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
     return migrate(cfg, workdir, pf.probe)
 
 
-def run_override_allow_list(project: Path) -> list[str]:
-    """The operator's allow-list: `llamaduo_run_overrides` in deployments/prefect.yaml (read from the
-    project on the worker, so a run cannot change it), else the defaults."""
+def _operator_setting(project: Path, key: str):
+    """A `llamaduo_*` key of deployments/prefect.yaml, read from the project on the worker (so a run
+    cannot change it); None when the file or the key is absent."""
     import yaml
 
+    spec = project / "deployments" / "prefect.yaml"
+    if not spec.is_file():
+        return None
+    return (yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get(key)
+
+
+def run_override_allow_list(project: Path) -> list[str]:
+    """The operator's allow-list: `llamaduo_run_overrides` in deployments/prefect.yaml, else the defaults."""
     from llamaduo.config import DEFAULT_RUN_OVERRIDES
 
-    spec = project / "deployments" / "prefect.yaml"
-    if spec.is_file():
-        allowed = (yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get("llamaduo_run_overrides")
-        if allowed is not None:
-            return [str(a) for a in allowed]
-    return list(DEFAULT_RUN_OVERRIDES)
+    allowed = _operator_setting(project, "llamaduo_run_overrides")
+    return [str(a) for a in allowed] if allowed is not None else list(DEFAULT_RUN_OVERRIDES)
+
+
+def run_ceilings(project: Path):
+    """The operator's ceilings: `llamaduo_run_ceilings` in deployments/prefect.yaml, else the defaults
+    (`llamaduo.config.RunCeilings`); a malformed entry is an input error naming it."""
+    from pydantic import ValidationError
+
+    from llamaduo.config import RunCeilings
+    from llamaduo.errors import InputError
+
+    raw = _operator_setting(project, "llamaduo_run_ceilings")
+    try:
+        return RunCeilings.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(err["msg"], file=str(project / "deployments" / "prefect.yaml"),
+                         field=".".join(["llamaduo_run_ceilings", *map(str, err["loc"])])) from None

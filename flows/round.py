@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from llamaduo.config import RunConfig
 from llamaduo.curate import DROP_SERVICE_FAILED
-from llamaduo.gate import selection_value, stop_reason
+from llamaduo.gate import STOP_NO_NEW_ROWS, selection_value, stop_reason
 from llamaduo.records import Artifact, SplitResult, StudentRef
 from llamaduo.service import budget_left
 from tasks._policy import run_stage
@@ -71,6 +71,10 @@ def migration_round(cfg: RunConfig, workdir: str, student: StudentRef, data: Spl
                           dropped=dict(dropped), round_no=round_no, out=f"{rdir}/train.jsonl")
         train_on, init_adapter = ts.train, None
         if cfg.train.warm_start and state.last_adapter is not None:
+            if ts.rows <= state.train_rows:  # the warm-start set would be empty: never train on nothing
+                why = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none offered"
+                raise StopLoop(STOP_NO_NEW_ROWS, f"round {round_no} kept no new synthetic rows (dropped: {why}); "
+                               "a warm start continues the previous adapter on new rows only")
             ws, _ = run_stage(warm_start_set, f"{rdir}/train_warm.jsonl", root=workdir, earlier=state.train_parts,
                               new=kept_parts, replay_ratio=cfg.train.replay_ratio, seed=cfg.train.seed + round_no,
                               out=f"{rdir}/train_warm.jsonl")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from llamaduo.config import RunConfig
 from llamaduo.gate import STOP_BUDGET, STOP_SERVICE_FAILING
-from llamaduo.gate import decide
+from llamaduo.gate import decide, selection_split
 from llamaduo.judge import parity
-from llamaduo.metrics import BASELINE_SERVICE
+from llamaduo.metrics import BASELINE_SERVICE, METRICS
 from llamaduo.records import (AnswersResult, Artifact, EvalResult, Evaluation, RoundRecord, ServiceStats,
                               SplitResult, StudentRef)
 from tasks._policy import run_stage
@@ -59,13 +59,30 @@ def evaluate_student(cfg: RunConfig, root: str, state: LoopState, student: Stude
     return ev, inf, val
 
 
+def service_share(cfg: RunConfig, state: LoopState) -> float | None:
+    """How much of the service baseline counts for parity: its valid judgements for a judge
+    metric, its answered items for a reference metric (None without a service baseline)."""
+    ev = state.baseline_evaluations.get(BASELINE_SERVICE)
+    if ev is None:
+        return None
+    if METRICS[cfg.gate.metric].judge:
+        return ev.judged_share
+    return (ev.items - ev.unanswered_items) / ev.items if ev.items else 0.0
+
+
 def round_record(cfg: RunConfig, state: LoopState, round_no: int, ev: EvalResult, inf: AnswersResult,
                  val: EvalResult | None, spend: ServiceStats, durations: dict, **fields) -> RoundRecord:
-    """The round's record with its gate decision (and parity when there is a service baseline)."""
+    """The round's record with its gate decision (and parity when there is a service baseline),
+    and what keep-best compares it on (validation, or test when there is no validation split)."""
     service_metrics = state.baselines.get(BASELINE_SERVICE)
+    chosen_on = val if val is not None else ev
     return RoundRecord(
         round=round_no, metrics=ev.metrics, val_metrics=val.metrics if val else {},
-        gate=decide(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric), service_metrics, ev.judged_share),
+        gate=decide(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric), service_metrics, ev.judged_share,
+                    service_share(cfg, state)),
         parity=parity(ev.metrics, service_metrics) if service_metrics else {}, service=spend,
         durations_s={k: round(v, 2) for k, v in durations.items()}, evaluation=Evaluation.of(ev),
+        val_evaluation=Evaluation.of(val) if val is not None else None,
+        selection_split=selection_split(val is not None),
+        selection_items=chosen_on.per_item_by_id.get(cfg.gate.metric, {}),
         judged=ev.judged, answers=inf.answers, infer_stats=inf.stats, **fields)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from llamaduo.config import STANDIN_MODEL, RunConfig
-from llamaduo.records import Artifact, DataSummary, RoundRecord, ServiceStats, SplitResult, Summary
+from llamaduo.records import Artifact, DataSummary, Evaluation, RoundRecord, ServiceStats, SplitResult, Summary
 from llamaduo.standin import LABEL as STANDIN_LABEL
 
 
@@ -24,6 +24,7 @@ class LoopState(BaseModel):
     stop_reason: str | None = None
     stop_detail: str | None = None
     baselines: dict[str, dict[str, float]] = Field(default_factory=dict)  # name -> test metrics
+    baseline_evaluations: dict[str, Evaluation] = Field(default_factory=dict)  # name -> answered / judged counts
     last_val_judged: Artifact | None = None  # latest per-item validation scores (failure-driven seeds)
     last_adapter: Artifact | None = None  # the previous round's adapter (train.warm_start continues it)
     invocation: Invocation = Field(default_factory=Invocation)
@@ -60,7 +61,8 @@ def summary_for(state: LoopState, cfg: RunConfig, data: SplitResult | None, *, p
                    teacher=cfg.service.model, judge=cfg.judge_model, student=cfg.student.model,
                    data=DataSummary(train_rows=data.train_rows, val_rows=data.val_rows, test_rows=data.test_rows,
                                     removed=data.removed) if data else DataSummary(),
-                   baselines=state.baselines, service_total=state.spent, preflight=state.preflight,
+                   baselines=state.baselines, baseline_evaluations=state.baseline_evaluations,
+                   service_total=state.spent, preflight=state.preflight,
                    rounds=sorted(state.rounds, key=lambda r: r.round))
 
 

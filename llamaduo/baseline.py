@@ -1,4 +1,8 @@
-"""The service LLM's own answers to the test prompts: the ceiling the student is compared with."""
+"""The service LLM's own answers to the test prompts: the ceiling the student is compared with.
+
+Only answers the service gave are written: a failed call is counted (`stats.unanswered`), never
+written as "" and judged against the reference, which would lower the service's score and make
+`gate.min_parity` easier to pass. Judging counts the missing items as requested, not valid."""
 
 from __future__ import annotations
 
@@ -30,10 +34,13 @@ def service_answers(root: str | Path, endpoint: Endpoint, limits: ServiceConfig,
                 for it in rows]
     results = client.run(requests, _plain_text, desc="service LLM answers")
     result = AnswersResult(service=client.stats, budget_hit=client.budget_hit,
-                           failing=failing_reason("service baseline answers", results, limits.max_failure_rate))
+                           failing=failing_reason("service baseline answers", results, limits.max_failure_rate,
+                                                  limits.min_calls_for_breaker))
     if not result.budget_hit and not result.failing:
-        atomic_write_jsonl(root / out, [{"id": it["id"], "answer": r.value or "", "samples": [r.value or ""]}
-                                        for it, r in zip(rows, results)])
+        atomic_write_jsonl(root / out, [{"id": it["id"], "answer": r.value, "samples": [r.value]}
+                                        for it, r in zip(rows, results) if r.ok])
         result.answers = Artifact.of(root, out)
+        result.stats = {"items": len(rows), "answered": sum(r.ok for r in results),
+                        "unanswered": sum(not r.ok for r in results)}
     result.seconds = round(time.time() - t0, 3)
     return result

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
-from .metrics import check_threshold
+from .metrics import check_margin, check_parity, check_threshold, default_margin
 from .store import sha256_path
 from .templates import is_file_spec
 
@@ -83,6 +83,18 @@ class _EndpointChecks(_Section):
     def _provider(cls, v: str | None) -> str | None:
         return v if v is None else check_provider(v)
 
+    @field_validator("output_cost_per_mtok", check_fields=False)
+    @classmethod
+    def _prices_in_pairs(cls, v: float | None, info) -> float | None:
+        # One price alone would make the other side free (1M completion tokens of gpt-4o counted $0).
+        section = cls.__name__.removesuffix("Config").lower()
+        given = info.data.get("input_cost_per_mtok")
+        if (v is None) != (given is None) and "input_cost_per_mtok" in info.data:
+            missing = "output" if v is None else "input"
+            raise ValueError(f"{section}.input_cost_per_mtok and {section}.output_cost_per_mtok go together: "
+                             f"set {section}.{missing}_cost_per_mtok too (USD per million tokens)")
+        return v
+
 
 class DataConfig(_Section):
     path: str = Field(..., description="Coverage dataset: JSONL, CSV, Parquet file or a `datasets` directory.",
@@ -126,6 +138,10 @@ class ServiceConfig(_EndpointChecks):
     max_failure_rate: float = Field(0.5, ge=0, le=1, description="Circuit breaker: when more than this share of a "
                                     "stage's calls fail, the run stops (stop_reason service_failing, exit 4).",
                                     json_schema_extra=OPERATIONAL)
+    min_calls_for_breaker: int = Field(10, ge=1, description="The circuit breaker judges a stage's failure share "
+                                       "only from this many calls on (a stage with fewer trips only when every "
+                                       "call failed): a few failed judgements are noise, not a failing service.",
+                                       json_schema_extra=OPERATIONAL)
     structured_output: Literal["auto", "on", "off"] = Field("auto", description="Send `response_format` with the "
                                                             "reply's JSON schema: auto = where litellm says the "
                                                             "model supports it.")
@@ -135,7 +151,8 @@ class ServiceConfig(_EndpointChecks):
                                               "litellm cannot price (required then when budget.max_usd > 0).",
                                               json_schema_extra=OPERATIONAL)
     output_cost_per_mtok: float | None = Field(None, ge=0, description="USD per million completion tokens (see "
-                                               "input_cost_per_mtok).", json_schema_extra=OPERATIONAL)
+                                               "input_cost_per_mtok; the two go together).",
+                                               json_schema_extra=OPERATIONAL, validate_default=True)
     standin_pool: str | None = Field(None, description="Stand-in teacher only: JSONL pool of pairs it draws "
                                      "synthetic rows from.", json_schema_extra=FILE)
 
@@ -209,7 +226,8 @@ class JudgeConfig(_EndpointChecks):
     input_cost_per_mtok: float | None = Field(None, ge=0, description="Judge price per million prompt tokens "
                                               "(models litellm cannot price).", json_schema_extra=OPERATIONAL)
     output_cost_per_mtok: float | None = Field(None, ge=0, description="Judge price per million completion "
-                                               "tokens.", json_schema_extra=OPERATIONAL)
+                                               "tokens (with input_cost_per_mtok: the two go together).",
+                                               json_schema_extra=OPERATIONAL, validate_default=True)
     prompt_template: str | None = Field(None, description="Jinja2 template (inline or file path); variables: "
                                         "instruction, reference, candidate. Default: the paper's prompt.",
                                         json_schema_extra=FILE)
@@ -272,11 +290,14 @@ class InferConfig(_Section):
 
 
 class GateConfig(_Section):
+    model_config = ConfigDict(allow_inf_nan=False)  # .inf / nan thresholds, margins, ratios: input errors
+
     metric: str = Field("judge_score", description="Metric the gate compares: judge_score, judge_similarity, "
                         "judge_precision (1-100), rougeL, exact_match (0-1), embedding_cosine (-1..1).")
     threshold: float = Field(70.0, description="Pass when metric >= threshold (on the metric's scale).")
     min_judged_share: float = Field(0.9, ge=0, le=1, description="A round is evaluable only when at least this "
-                                    "share of test items got a valid judgement; otherwise it fails.")
+                                    "share of the requested judgements (test items x samples x repeats) is valid; "
+                                    "otherwise it fails. Parity is not decided below it for the service baseline.")
     use_ci_lower: bool = Field(False, description="Compare the lower bound of a bootstrap CI over test items "
                                "(not the mean) with the threshold.")
     ci_level: float = Field(0.95, gt=0, lt=1, description="Confidence level of that interval.")
@@ -284,12 +305,15 @@ class GateConfig(_Section):
     min_item_score: float | None = Field(None, description="With min_share: an item 'passes' at this score.")
     min_share: float | None = Field(None, ge=0, le=1, description="Require this share of items >= min_item_score "
                                     "(the paper's coverage view).")
-    min_parity: float | None = Field(None, gt=0, description="Require metric / service-LLM metric >= this "
-                                     "(needs judge.service_baseline).")
+    min_parity: float | None = Field(None, gt=0, description="Require metric / service-LLM metric >= this ratio "
+                                     "(0.9 = 90%; at most 2; needs judge.service_baseline and a metric whose scale "
+                                     "stays above 0).")
     combine: Literal["all", "any"] = Field("all", description="Pass when all (or any) criteria hold.")
     plateau_rounds: int = Field(0, ge=0, description="Stop when the metric has not improved by more than "
                             "plateau_margin for this many rounds (0 = never).")
-    plateau_margin: float = Field(0.5, ge=0, description="Improvement that counts as progress.")
+    plateau_margin: float | None = Field(None, ge=0, description="Improvement that counts as progress, on the "
+                                         "metric's scale (below its width). Default: half a point on a 1-100 "
+                                         "scale, the same share of another metric's scale (0.005 for rougeL).")
     max_rounds: int = Field(3, gt=0, description="Fine-tuning rounds before stopping without a pass.")
     baseline: bool = Field(False, description="Also evaluate the base student as round 0.")
 
@@ -300,17 +324,33 @@ class GateConfig(_Section):
         check_threshold(self.metric, self.threshold)
         if self.min_item_score is not None:
             check_threshold(self.metric, self.min_item_score, "gate.min_item_score")
+        if self.plateau_margin is not None:
+            check_margin(self.metric, self.plateau_margin)
+        if self.min_parity is not None:
+            check_parity(self.metric, self.min_parity)
         return self
+
+    @property
+    def margin(self) -> float:
+        """plateau_margin on the metric's scale (its default scales with the metric)."""
+        return self.plateau_margin if self.plateau_margin is not None else default_margin(self.metric)
 
 
 class BudgetConfig(_Section):
+    model_config = ConfigDict(allow_inf_nan=False)  # `.inf` is no cap: refused (set a number)
+
     max_calls: int = Field(2000, gt=0, description="Hard cap on service calls in a run (cached replies are free).")
     max_usd: float = Field(10.0, ge=0, description="Hard cap on service cost in USD: each call's cost is reserved "
                            "before it is sent (litellm price map, or the *_cost_per_mtok settings).")
 
 
+# A run name becomes a directory (runs/<name>): one path segment, never `..` or a separator.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 class RunConfig(_Section):
-    name: str = Field("migration", description="Run name (flow run names, model card).")
+    name: str = Field("migration", description="Run name (flow run names, model card, the default run "
+                      "directory runs/<name>): letters, digits, '.', '_', '-', at most 64, no '..'.")
     data: DataConfig
     service: ServiceConfig
     synth: SynthConfig = SynthConfig()
@@ -322,10 +362,25 @@ class RunConfig(_Section):
     gate: GateConfig = GateConfig()
     budget: BudgetConfig = BudgetConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_slug(cls, v: str) -> str:
+        if not RUN_NAME.fullmatch(v) or ".." in v:
+            raise ValueError(f"{v!r} is not a run name: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+                             "letter or digit, without '..' (it names the run directory)")
+        return v
+
     @model_validator(mode="after")
     def _parity_needs_service_baseline(self) -> "RunConfig":
         if self.gate.min_parity is not None and not self.judge.service_baseline:
             raise ValueError("gate.min_parity needs judge.service_baseline: true")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_metric_is_computed(self) -> "RunConfig":
+        if self.gate.metric == "embedding_cosine" and not self.judge.embedding_model:
+            raise ValueError("gate.metric embedding_cosine needs judge.embedding_model (it is off, so the metric "
+                             "would be missing every round)")
         return self
 
     @model_validator(mode="after")
@@ -401,9 +456,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
-    """Relative data paths are relative to the config file, like a user would expect."""
+    """Relative data paths are relative to the config file, like a user would expect; `~` is the
+    home directory, as for student.model."""
     for section, key in (("data", "path"), ("data", "test_path"), ("service", "standin_pool")):
         value = (raw.get(section) or {}).get(key)
+        if isinstance(value, str) and value.startswith("~"):
+            value = raw[section][key] = str(Path(value).expanduser())
         if isinstance(value, str) and value and not Path(value).is_absolute():
             candidate = base / value
             if candidate.exists() or not Path(value).exists():
@@ -479,13 +537,33 @@ DEFAULT_RUN_OVERRIDES = ("name", "gate.*", "budget.*", "synth.rows_per_round", "
                          "infer.batch_size", "infer.backend", "judge.repeats")
 
 
-def check_run_overrides(overrides: list[str], allowed: list[str] | tuple[str, ...], project_dir: Path) -> None:
+def _inside(project_dir: Path, path: Path) -> bool:
+    """`path` (already absolute) lies in the project once `..` and symlinks are resolved."""
+    root, target = project_dir.resolve(), path.resolve()
+    return root == target or root in target.parents
+
+
+def override_path_candidates(key: str, value: str, project_dir: Path, config_dir: Path | None = None) -> list[Path]:
+    """Every place a path override may end up once loaded: `~` expanded (as the student loader does),
+    relative data paths against the config's directory or the working directory (`_resolve_paths`
+    picks either), other relative paths against the working directory (the project, on a worker)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return [path]
+    bases = [project_dir] + ([config_dir] if config_dir is not None and key in ("data.path", "data.test_path")
+                             else [])
+    return [base / path for base in bases]
+
+
+def check_run_overrides(overrides: list[str], allowed: list[str] | tuple[str, ...], project_dir: Path,
+                        config_dir: Path | None = None) -> None:
     """Refuse a deployment run's override unless the operator's allow-list admits it; endpoints and
-    key variables never, paths only inside the project directory."""
+    key variables never, paths only inside the project directory: checked on the value the config
+    will hold (YAML-parsed, `~` expanded, `..` and symlinks resolved)."""
     from fnmatch import fnmatchcase
 
     for item in overrides:
-        key, _, value = item.partition("=")
+        key, _, text = item.partition("=")
         key = key.strip()
         if key in NEVER_OVERRIDABLE or key.endswith(("api_base", "api_key_env")):
             raise InputError("may not be overridden by a deployment run (it would redirect the worker's "
@@ -493,7 +571,63 @@ def check_run_overrides(overrides: list[str], allowed: list[str] | tuple[str, ..
         if not any(fnmatchcase(key, pattern) for pattern in allowed):
             raise InputError("is not in the deployment's override allow-list (llamaduo_run_overrides in "
                              "deployments/prefect.yaml)", field=key)
-        if key in PATH_KEYS and value:
-            target = (project_dir / value).resolve()
-            if project_dir.resolve() not in (target, *target.parents):
-                raise InputError("must stay inside the project directory", field=key)
+        if key not in PATH_KEYS or not text:
+            continue
+        try:  # the value apply_overrides will store: `data.path='/etc/passwd'` is the path /etc/passwd
+            value = _parse_scalar(text)
+        except yaml.YAMLError:
+            raise InputError("not a valid YAML scalar", field=key) from None
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise InputError("must be a path (text)", field=key)
+        if key.endswith("prompt_template") and not is_file_spec(value):
+            continue  # inline template text, not a path (rendered in the sandbox)
+        if not all(_inside(project_dir, c) for c in override_path_candidates(key, value, project_dir, config_dir)):
+            raise InputError("must stay inside the project directory (checked after expanding ~ and resolving "
+                             ".. and symlinks)", field=key)
+
+
+class RunCeilings(BaseModel):
+    """The operator's ceilings on what a deployment run may ask for (`llamaduo_run_ceilings` in
+    deployments/prefect.yaml): the effective config of every deployment run is refused above them.
+    null = no ceiling; a gate metric missing from `min_gate_threshold` has no floor."""
+    model_config = ConfigDict(extra="forbid")
+
+    max_usd: float | None = Field(25.0, ge=0, description="Highest budget.max_usd a run may set.")
+    max_calls: int | None = Field(5000, gt=0, description="Highest budget.max_calls a run may set.")
+    max_rounds: int | None = Field(10, gt=0, description="Highest gate.max_rounds a run may set.")
+    min_gate_threshold: dict[str, float] = Field(
+        default_factory=lambda: {"judge_score": 50.0, "judge_similarity": 50.0, "judge_precision": 50.0,
+                                 "rougeL": 0.2, "exact_match": 0.2, "embedding_cosine": 0.5},
+        description="Lowest gate.threshold per gate metric, on that metric's scale (with gate.combine: any, also "
+                    "gate.min_item_score).")
+
+    @field_validator("min_gate_threshold")
+    @classmethod
+    def _known_metrics(cls, v: dict[str, float]) -> dict[str, float]:
+        for metric, floor in v.items():
+            check_threshold(metric, floor, f"min_gate_threshold.{metric}")
+        return v
+
+
+def check_run_ceilings(cfg: RunConfig, ceilings: RunCeilings) -> None:
+    """Refuse a deployment run's effective config above the operator's ceilings (money, calls, rounds)
+    or below the gate-threshold floor; the error names the config field and the ceiling."""
+    where = "llamaduo_run_ceilings.{} in deployments/prefect.yaml"
+    for field, value, name in (("budget.max_usd", cfg.budget.max_usd, "max_usd"),
+                               ("budget.max_calls", cfg.budget.max_calls, "max_calls"),
+                               ("gate.max_rounds", cfg.gate.max_rounds, "max_rounds")):
+        ceiling = getattr(ceilings, name)
+        if ceiling is not None and value > ceiling:
+            raise InputError(f"{value:g} is above the operator's ceiling {ceiling:g} ({where.format(name)})",
+                             field=field)
+    floor = ceilings.min_gate_threshold.get(cfg.gate.metric)
+    if floor is None:
+        return
+    # with combine: any, the per-item criterion alone can pass the gate, so its bar has the same floor
+    item_bar = cfg.gate.min_item_score if cfg.gate.combine == "any" else None
+    for field, value in (("gate.threshold", cfg.gate.threshold), ("gate.min_item_score", item_bar)):
+        if value is not None and value < floor:
+            raise InputError(f"{value:g} is below the operator's floor {floor:g} for {cfg.gate.metric} "
+                             f"({where.format('min_gate_threshold')})", field=field)

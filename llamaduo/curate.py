@@ -16,7 +16,7 @@ from datasketch import MinHash, MinHashLSH
 
 from .config import CurateConfig
 from .records import Artifact, CurateResult
-from .similarity import ngrams, normalize, words
+from .similarity import match_key, ngrams, words
 from .store import atomic_write_jsonl, read_jsonl
 
 DROP_INVALID = "invalid"
@@ -61,7 +61,7 @@ def quality_issue(row: dict, cfg: CurateConfig) -> str | None:
         return DROP_TOO_LONG
     if cfg.drop_refusals and _REFUSAL.search(resp):
         return DROP_REFUSAL
-    if cfg.drop_echo and _echoes(normalize(resp), normalize(instr)):
+    if cfg.drop_echo and _echoes(match_key(resp), match_key(instr)):
         return DROP_ECHO
     return None
 
@@ -135,14 +135,35 @@ def _shares_gram(text: str, grams: set[tuple[str, ...]], sizes: set[int]) -> boo
     return any(tuple(toks[i:i + k]) in grams for k in sizes for i in range(len(toks) - k + 1))
 
 
+def own_test_texts(test: list[dict], coverage_train: list[dict]) -> set[str]:
+    """`match_key` forms a training row may not equal, whatever their length: every test
+    instruction, and every test response that is its item's own answer rather than a label of the
+    task. A response is a label when its words also answer a coverage train row, answer more than
+    one test item, or are quoted in an instruction (an option the prompt lists: "billing or
+    shipping"); a row answering "Positive" copies no test item."""
+    answers = Counter(tuple(words(t["response"])) for t in test)
+    labels = {w for w, n in answers.items() if n > 1} | {tuple(words(r["response"])) for r in coverage_train}
+    labels.add(())  # no words at all ("👍", "?"): nothing that identifies an item
+    # every instruction's words, space-separated and space-delimited, so `in` matches whole words only
+    quoted = "\n".join(" " + " ".join(words(r["instruction"])) + " " for r in [*test, *coverage_train])
+    labels |= {w for w in answers if w not in labels and f" {' '.join(w)} " in quoted}
+    own = {match_key(t["instruction"]) for t in test}
+    own |= {match_key(t["response"]) for t in test if tuple(words(t["response"])) not in labels}
+    own.discard("")
+    return own
+
+
 class Decontaminator:
-    """Flags rows that copy, re-word or share long content spans with any test item."""
+    """Flags rows that copy, re-word or share long content spans with any test item.
+
+    A copy is judged on `match_key` forms, at any length (`own_test_texts`): an instruction or a
+    response equal to a test instruction, or to a test response that is the item's own answer. A
+    response that is a label of the task ("Positive", "billing") is not a copy of any one item, so
+    sharing it flags nothing."""
 
     def __init__(self, test: list[dict], coverage_train: list[dict], cfg: CurateConfig):
         self.cfg = cfg
-        self.exact = {normalize(t["instruction"]) for t in test} | {normalize(t["response"]) for t in test}
-        # very short texts (labels such as "billing") are not evidence of leakage on their own
-        self.exact = {x for x in self.exact if len(x.split()) >= 4}
+        self.exact = own_test_texts(test, coverage_train)
         texts = [t["instruction"] for t in test] + [t["response"] for t in test]
         train_texts = [r["instruction"] for r in coverage_train] + [r["response"] for r in coverage_train]
         self.grams = contamination_ngrams(texts, train_texts, cfg.ngram)
@@ -154,7 +175,7 @@ class Decontaminator:
                     self.lsh.insert(f"{part}{i}", minhash(text, cfg))
 
     def check(self, row: dict) -> str | None:
-        ni, nr = normalize(row["instruction"]), normalize(row["response"])
+        ni, nr = match_key(row["instruction"]), match_key(row["response"])
         if ni in self.exact or nr in self.exact or _shares_gram(row["instruction"], self.grams, self.sizes) or \
                 _shares_gram(row["response"], self.grams, self.sizes):
             return DROP_TEST_OVERLAP
@@ -180,7 +201,7 @@ def curate(candidates: list[dict], existing: list[dict], test: list[dict], cfg: 
            ) -> tuple[list[dict], list[dict]]:
     """Return (kept, dropped); dropped rows carry `drop_reason`. Pure: no I/O."""
     cfg = cfg or CurateConfig()
-    seen = {normalize(r["instruction"]) for r in existing}
+    seen = {match_key(r["instruction"]) for r in existing}
     lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
     for i, r in enumerate(existing):
         lsh.insert(f"e{i}", minhash(_pair_text(r), cfg))
@@ -190,7 +211,7 @@ def curate(candidates: list[dict], existing: list[dict], test: list[dict], cfg: 
     for j, row in enumerate(candidates):
         reason = quality_issue(row, cfg)
         if reason is None:
-            ni = normalize(row["instruction"])
+            ni = match_key(row["instruction"])
             if ni in seen:
                 reason = DROP_DUPLICATE
             else:
@@ -237,7 +258,7 @@ def collapse_duplicates(examples: list, cfg: CurateConfig) -> tuple[list, dict[s
     lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
     kept, counts = [], Counter()
     for i, e in enumerate(examples):
-        key = normalize(e.instruction)
+        key = match_key(e.instruction)
         if key in seen:
             counts[DROP_DUPLICATE] += 1
             continue
@@ -253,10 +274,10 @@ def collapse_duplicates(examples: list, cfg: CurateConfig) -> tuple[list, dict[s
 
 def overlapping_test(train: list, test: list, cfg: CurateConfig) -> tuple[list, int]:
     """Train rows that copy (normalised instruction) or nearly copy a test item are removed."""
-    test_keys = {normalize(t.instruction) for t in test}
+    test_keys = {match_key(t.instruction) for t in test}
     lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
     for i, t in enumerate(test):
         lsh.insert(f"t{i}", minhash(_pair_text(t), cfg))
-    kept = [e for e in train if normalize(e.instruction) not in test_keys
+    kept = [e for e in train if match_key(e.instruction) not in test_keys
             and not lsh.query(minhash(_pair_text(e), cfg))]
     return kept, len(train) - len(kept)

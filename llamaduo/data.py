@@ -55,8 +55,7 @@ def _iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
             raise InputError(f"not a `datasets` directory ({type(exc).__name__})", file=str(path)) from None
         if hasattr(ds, "keys"):  # DatasetDict: take 'train' or the only split
             ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
-        for i, row in enumerate(ds, start=1):
-            yield i, row
+        yield from _arrow_rows(ds.with_format("arrow")[:], path)
         return
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
@@ -91,13 +90,31 @@ def _iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path).to_pylist()
+            table = pq.read_table(path)
         except Exception as exc:  # noqa: BLE001 - corrupt or not parquet
             raise InputError(f"unreadable parquet file ({type(exc).__name__})", file=str(path)) from None
-        yield from enumerate(table, start=1)
+        yield from _arrow_rows(table, path)
     else:
         raise InputError(f"unsupported data format {suffix!r} (use .jsonl, .json, .csv, .parquet or a datasets dir)",
                          file=str(path))
+
+
+def _arrow_rows(table, path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of an Arrow table (Parquet, `datasets`). Arrow does not check that a string column
+    holds UTF-8 when it reads one; Python's decoding then fails: name the row and column."""
+    try:
+        rows = table.to_pylist()
+    except UnicodeDecodeError:
+        for name in table.column_names:
+            column = table.column(name)
+            for i in range(len(column)):
+                try:
+                    column[i].as_py()
+                except UnicodeDecodeError:
+                    raise InputError("not UTF-8 text (re-save the data as UTF-8)", file=str(path), line=i + 1,
+                                     field=name) from None
+        raise InputError("not UTF-8 text (re-save the data as UTF-8)", file=str(path)) from None
+    yield from enumerate(rows, start=1)
 
 
 def _decode(raw: bytes, path: Path, line: int | None, *, bom_ok: bool = False) -> str:
@@ -108,6 +125,46 @@ def _decode(raw: bytes, path: Path, line: int | None, *, bom_ok: bool = False) -
         if line is None:
             line = raw[:exc.start].count(b"\n") + 1
         raise InputError("not UTF-8 text (re-save the file as UTF-8)", file=str(path), line=line) from None
+
+
+def _invalid_text_field(value: Any, field: str = "") -> str | None:
+    """Where a string in a parsed row is not valid Unicode text (a lone surrogate, which JSON's
+    `"\\ud800"` escape produces): the field path, e.g. `messages[1].content`, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return field or "(row)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = key if isinstance(key, str) else str(key)
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # the key itself: name it printably
+                return f"{field}.{ascii(name)}" if field else ascii(name)
+            found = _invalid_text_field(item, f"{field}.{name}" if field else name)
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _invalid_text_field(item, f"{field}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Raw rows of a JSONL/JSON/CSV/Parquet file or a `datasets` directory as (line or row number,
+    row), each checked to be valid UTF-8 text in every field. Readers of user files (coverage data,
+    the stand-in pool, calibration ratings) go through here."""
+    path = Path(path)
+    for line, raw in _iter_raw_rows(path):
+        field = _invalid_text_field(raw)
+        if field:
+            raise InputError("not valid UTF-8 text (a lone surrogate such as \\ud800; remove or fix it)",
+                             file=str(path), line=line, field=field)
+        yield line, raw
 
 
 def _text(value: Any, *, file: str, line: int, field: str) -> str:
@@ -160,7 +217,7 @@ def load_examples(path: str | Path, *, max_chars: int | None = None) -> list[Exa
     if not path.exists():
         raise InputError("data file not found", file=str(path))
     rows = []
-    for line, raw in _iter_raw_rows(path):
+    for line, raw in iter_rows(path):
         ex = parse_row(raw, file=str(path), line=line)
         if max_chars is not None:
             for name in ("instruction", "response"):

@@ -3,7 +3,11 @@
 Each test item may have several sampled answers (`infer.samples_per_prompt`), each judged
 `judge.repeats` times. Repeats are aggregated per answer (mean or median), answers are
 averaged per item, items make the round metrics. Parse failures are counted apart and
-excluded; they are never read as a score of 0.
+excluded; they are never read as a score of 0. How much of the round was judged is counted in
+judgements (valid / requested = items x samples x repeats), not items: one valid repeat out of
+twelve does not make an item "judged" for the gate's `min_judged_share`. An item without an
+answer (a service baseline call that failed) is not judged at all: it is counted as unanswered
+and its judgements as requested but not valid, never scored against the reference as "".
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 from statistics import mean
 
 from .config import BudgetConfig, Endpoint, JudgeConfig, ServiceConfig
+from .errors import InputError
 from .metrics import METRICS
 from .parsing import JUDGE_SCHEMA, parse_judge_reply
 from .records import Artifact, EvalResult, ServiceStats
@@ -50,11 +55,12 @@ def score_items(items: list[dict], answers: list[list[str]], results: list[Resul
     (spread of repeats), reference metrics, and failure counts."""
     scored, pos = [], 0
     for i, (item, samples) in enumerate(zip(items, answers)):
-        sims, precs, spreads, parse_fail, call_fail, reasons = [], [], [], 0, 0, []
+        sims, precs, spreads, parse_fail, call_fail, reasons, valid = [], [], [], 0, 0, [], 0
         for _ in samples:
             rs = results[pos:pos + repeats]
             pos += repeats
             good = [r.value for r in rs if r.ok]
+            valid += len(good)
             parse_fail += sum(1 for r in rs if r.kind == "parse")
             call_fail += sum(1 for r in rs if r.kind in ("call", "budget", "skipped"))
             if good:
@@ -66,7 +72,8 @@ def score_items(items: list[dict], answers: list[list[str]], results: list[Resul
                "answer": samples[0], "samples": len(samples),
                "rougeL": mean(rouge_l(a, item["response"])["f"] if a.strip() else 0.0 for a in samples),
                "exact_match": mean(float(normalize(a) == normalize(item["response"])) for a in samples),
-               "judge_parse_failures": parse_fail, "judge_call_failures": call_fail}
+               "judge_parse_failures": parse_fail, "judge_call_failures": call_fail,
+               "judge_valid": valid, "judge_requested": len(samples) * repeats}
         if cosines is not None:
             row["embedding_cosine"] = mean(cosines[i])
         if sims:
@@ -94,6 +101,19 @@ def per_item(scored: list[dict]) -> dict[str, list[float]]:
     return {m.name: [s[m.item_field] for s in scored if m.item_field in s] for m in METRICS.values()}
 
 
+def per_item_by_id(scored: list[dict]) -> dict[str, dict[str, float]]:
+    """metric -> {item id: value}: what keep-best pairs across rounds (item by item)."""
+    return {m.name: {s["id"]: s[m.item_field] for s in scored if m.item_field in s} for m in METRICS.values()}
+
+
+def judgement_counts(scored: list[dict], unanswered: int, samples_per_item: int, repeats: int) -> tuple[int, int]:
+    """(valid, requested) judgements; an unanswered item requested `samples_per_item x repeats`
+    judgements and got none."""
+    valid = sum(s.get("judge_valid", 0) for s in scored)
+    requested = sum(s.get("judge_requested", 0) for s in scored) + unanswered * samples_per_item * repeats
+    return valid, requested
+
+
 def item_values(scored: list[dict], metric: str) -> list[float]:
     return per_item(scored)[metric]
 
@@ -102,6 +122,19 @@ def parity(student: dict[str, float], service: dict[str, float]) -> dict[str, fl
     """Student / service ratio per metric both have (the paper's 'how close to the teacher')."""
     return {k: round(student[k] / service[k], 4) for k in METRICS
             if k in student and k in service and service[k]}
+
+
+def embedding_warnings(judge: JudgeConfig, gate_metric: str) -> list[str]:
+    """An embedding model that is not installed: an input error when the gate compares
+    embedding_cosine (it would be missing every round), else a warning (the metric is absent)."""
+    from .embed import available
+
+    if not judge.embedding_model or available(judge.embedding_model):
+        return []
+    why = f"judge.embedding_model {judge.embedding_model!r} is not installed or not a model directory"
+    if gate_metric == "embedding_cosine":
+        raise InputError(f"{why}, and gate.metric embedding_cosine needs it", field="judge.embedding_model")
+    return [f"{why}: embedding_cosine will be absent (null switches it off)"]
 
 
 def embedding_cosines(items: list[dict], answers: list[list[str]], model: str | None) -> list[list[float]] | None:
@@ -131,15 +164,18 @@ def evaluate_answers(root: str | Path, judge: JudgeConfig, endpoint: Endpoint, l
     root = Path(root)
     test = read_jsonl(items.at(root))
     by_id = {r["id"]: r.get("samples") or [r["answer"]] for r in read_jsonl(answers.at(root))}
-    samples = [by_id.get(it["id"], [""]) for it in test]
+    all_items, test = test, [it for it in test if it["id"] in by_id]
+    samples = [by_id[it["id"]] for it in test]
     client = ServiceClient(endpoint, limits, root / "cache" / "service", budget=budget, spent=spent)
     requests = build_judge_requests(test, samples, judge_template(judge.prompt_template), repeats=judge.repeats,
                                     temperature=judge.temperature, max_tokens=min(limits.max_tokens, JUDGE_MAX_TOKENS))
     results = client.run(requests, parse_judge_reply, desc=f"{label} judge", on_progress=on_progress)
     write_failure_log(root / out.replace(".jsonl", ".failures.jsonl"), "evaluate", results,
                       request_keys(test, samples, judge.repeats))
-    result = EvalResult(service=client.stats, budget_hit=client.budget_hit, items=len(test),
-                        failing=failing_reason(f"{label} judging", results, limits.max_failure_rate))
+    result = EvalResult(service=client.stats, budget_hit=client.budget_hit, items=len(all_items),
+                        unanswered_items=len(all_items) - len(test),
+                        failing=failing_reason(f"{label} judging", results, limits.max_failure_rate,
+                                               limits.min_calls_for_breaker))
     if result.budget_hit or result.failing:
         result.seconds = round(time.time() - t0, 3)
         return result
@@ -149,7 +185,10 @@ def evaluate_answers(root: str | Path, judge: JudgeConfig, endpoint: Endpoint, l
     result.judged = Artifact.of(root, out)
     result.metrics = aggregate(scored)
     result.per_item = per_item(scored)
+    result.per_item_by_id = per_item_by_id(scored)
     result.judged_items = sum(1 for s in scored if "score" in s)
+    result.valid_judgments, result.requested_judgments = judgement_counts(
+        scored, result.unanswered_items, max((len(s) for s in samples), default=1), judge.repeats)
     result.parse_failures = sum(s["judge_parse_failures"] for s in scored)
     result.call_failures = sum(s["judge_call_failures"] for s in scored)
     result.seconds = round(time.time() - t0, 3)

@@ -52,3 +52,32 @@ def check_threshold(metric: str, threshold: float, field: str = "gate.threshold"
     m = METRICS[metric]
     if not m.on_scale(threshold):
         raise ValueError(f"{field} {threshold:g} is outside the scale of {metric} ({m.low:g}..{m.high:g})")
+
+
+# Above this a parity threshold is almost surely a percentage (90 for 90%), not a ratio.
+MAX_PARITY = 2.0
+
+
+def check_margin(metric: str, margin: float, field: str = "gate.plateau_margin") -> None:
+    """An improvement margin is a distance on the metric's scale: below the scale's width."""
+    m = METRICS[metric]
+    if not 0 <= margin < m.high - m.low:
+        raise ValueError(f"{field} {margin:g} must be at least 0 and below the width of {metric}'s scale "
+                         f"({m.low:g}..{m.high:g})")
+
+
+def default_margin(metric: str) -> float:
+    """Half a point on a 1-100 scale; the same share (1/198) of another metric's scale."""
+    m = METRICS[metric]
+    return (m.high - m.low) / 198
+
+
+def check_parity(metric: str, ratio: float, field: str = "gate.min_parity") -> None:
+    """Parity is student / service on the metric: a ratio only where the scale stays above 0."""
+    m = METRICS[metric]
+    if m.low < 0:
+        raise ValueError(f"{field} needs a metric whose values are positive; {metric}'s scale "
+                         f"({m.low:g}..{m.high:g}) crosses 0, so student/service is no ratio")
+    if not 0 < ratio <= MAX_PARITY:
+        raise ValueError(f"{field} {ratio:g} is a ratio student/service (0.9 = 90% of the service's {metric}) and "
+                         f"must lie in (0, {MAX_PARITY:g}]")

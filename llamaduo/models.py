@@ -49,7 +49,8 @@ def materialize_smollm2() -> Path:
 
 
 def check_student(name: str) -> None:
-    """Preflight: the student can be resolved, without loading or converting anything."""
+    """Preflight: the student can be resolved, without loading or converting anything; a Hub id is
+    looked up on the Hub (or, with HF_HUB_OFFLINE=1, in the local cache) before anything is spent."""
     if name == SMOLLM2:
         _smollm2_gguf_dir()
         return
@@ -59,11 +60,77 @@ def check_student(name: str) -> None:
             raise InputError("not a model directory (no config.json)", file=str(p), field="student.model")
         return
     if name.count("/") == 1 and not p.exists():
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise InputError(f"student.model {name!r} is a Hub id but HF_HUB_OFFLINE=1", field="student.model")
+        check_hub_model(name)
         return
     raise InputError(f"student model {name!r} is not '{SMOLLM2}', a model directory or a Hub id",
                      field="student.model")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_cache_dir() -> Path:
+    """Where huggingface_hub caches models, read from the environment now (its constants are read
+    once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def hub_timeout_s() -> float:
+    """Seconds to wait for the Hub: HF_HUB_ETAG_TIMEOUT (huggingface_hub's own metadata timeout), else 10."""
+    try:
+        return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
+    except ValueError:
+        return 10.0
+
+
+def check_hub_model(repo_id: str) -> None:
+    """A Hub id must name a model this machine can download: it exists, the Hub answers, and a gated
+    model is open to HF_TOKEN. With HF_HUB_OFFLINE=1 it must already be in the local cache."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+
+    field = "student.model"
+    if _hub_offline():
+        try:
+            cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=_hub_cache_dir())
+        except HFValidationError as exc:
+            raise InputError(f"{repo_id!r} is not a valid Hub id: {exc}", field=field) from None
+        if not isinstance(cached, str):
+            raise InputError(f"{repo_id!r} is not in the local Hugging Face cache ({_hub_cache_dir()}) and "
+                             "HF_HUB_OFFLINE=1 forbids downloading it", field=field)
+        return
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    api = HfApi(endpoint=endpoint)
+    try:
+        info = api.model_info(repo_id, timeout=hub_timeout_s())
+        if getattr(info, "gated", False):  # model_info answers for gated models; the files need access
+            api.auth_check(repo_id)
+    except HFValidationError as exc:
+        raise InputError(f"{repo_id!r} is not a valid Hub id: {exc}", field=field) from None
+    except GatedRepoError:
+        raise InputError(f"{repo_id!r} is gated on the Hub and HF_TOKEN has no access to it (accept its terms on "
+                         "the model page, or set HF_TOKEN)", field=field) from None
+    except RepositoryNotFoundError:
+        raise InputError(f"no model {repo_id!r} on the Hub ({endpoint}), or it is private and HF_TOKEN cannot "
+                         "see it", field=field) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 404:
+            raise InputError(f"no model {repo_id!r} on the Hub ({endpoint})", field=field) from None
+        if status in (401, 403):
+            raise InputError(f"the Hub refuses access to {repo_id!r} (HTTP {status}): check HF_TOKEN",
+                             field=field) from None
+        raise InputError(f"the Hub could not confirm {repo_id!r} (HTTP {status}): {exc}", field=field) from None
+    except Exception as exc:  # noqa: BLE001 - DNS, refused connection, timeout: the transport's own errors
+        raise InputError(f"the Hub cannot be reached to check {repo_id!r} ({endpoint}: {type(exc).__name__}: "
+                         f"{exc}); connect this machine, or set HF_HUB_OFFLINE=1 to use a model already in the "
+                         "local Hugging Face cache", field=field) from None
 
 
 def resolve_student(name: str) -> str:

@@ -2,8 +2,10 @@
 
 Parsers raise ValueError on anything they cannot turn into the expected shape (wrong
 types included), so the caller can re-ask with the error and count parse failures apart
-from low scores. The pydantic models double as the JSON schemas sent as structured
-output where the provider supports it.
+from low scores. A reply may hold several JSON objects (a format example, JSON quoted from
+the answer, the verdict): parsers look at every object in it and take the one that
+validates — never simply the first. The pydantic models double as the JSON schemas sent as
+structured output where the provider supports it.
 """
 
 from __future__ import annotations
@@ -15,25 +17,75 @@ import json_repair
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_DECODER = json.JSONDecoder()
+
+
+def _strict_objects(text: str) -> list:
+    """Every JSON object or array that parses strictly at some `{` or `[` of `text`, nested ones
+    included, in order of position."""
+    found = []
+    for i, ch in enumerate(text):
+        if ch in "{[":
+            try:
+                found.append(_DECODER.raw_decode(text, i)[0])
+            except ValueError:
+                pass
+    return found
+
+
+def _brace_segments(text: str) -> list[str]:
+    """Top-level `{...}` spans (double-quoted strings respected); an unclosed one runs to the end."""
+    segments, depth, start, in_str, escaped = [], 0, 0, False, False
+    for i, ch in enumerate(text):
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"' and depth:
+            in_str = True
+        elif ch == "{":
+            start = i if depth == 0 else start
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                segments.append(text[start:i + 1])
+    if depth:
+        segments.append(text[start:])
+    return segments
+
+
+def json_candidates(text: str) -> tuple[list, list]:
+    """(objects that parse strictly, in order of position; repaired near-JSON objects). Repair
+    only ever sees the JSON-looking parts (fenced blocks, brace spans), never the prose."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty reply")
+    strict = _strict_objects(text)
+    repaired = []
+    for part in [m.group(1).strip() for m in _FENCE.finditer(text)] + _brace_segments(text):
+        try:
+            obj = json_repair.loads(part)
+        except Exception:  # noqa: BLE001 - an unrepairable part is simply not a candidate
+            continue
+        if isinstance(obj, (dict, list)) and obj and obj not in strict:
+            repaired.append(obj)
+    return strict, repaired
 
 
 def extract_json(text: str) -> object:
-    """The first JSON object in `text`: fenced block, bare object, or repairable near-JSON."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("empty reply")
-    fenced = [m.group(1).strip() for m in _FENCE.finditer(text)]
-    start, end = text.find("{"), text.rfind("}")
-    braced = [text[start:end + 1] if end > start else text[start:]] if start != -1 else []
-    for cand in fenced + [text.strip()] + braced:  # strict parses first
+    """One JSON object in `text`: a fenced block's, else the first strict one, else a repaired
+    one. Parsers use `json_candidates` instead, which sees every object."""
+    strict, repaired = json_candidates(text)
+    for block in (m.group(1).strip() for m in _FENCE.finditer(text)):
         try:
-            return json.loads(cand)
+            return json.loads(block)
         except json.JSONDecodeError:
             pass
-    # Repair only the JSON-looking parts, never the prose around them.
-    for cand in (fenced + braced) or [text.strip()]:
-        repaired = json_repair.loads(cand)
-        if isinstance(repaired, (dict, list)) and repaired:
-            return repaired
+    if strict or repaired:
+        return (strict or repaired)[0]
     raise ValueError("no JSON object found")
 
 
@@ -49,22 +101,60 @@ class SynthPair(BaseModel):
         return v.strip()
 
 
-def parse_synth_reply(text: str) -> list[dict]:
-    """`{"contents": [{"instruction", "response"}, ...]}` -> valid pairs; invalid items are kept
-    as {"invalid": reason} so curation can count them."""
-    obj = extract_json(text)
-    items = obj.get("contents") if isinstance(obj, dict) else obj
-    if not isinstance(items, list):
-        raise ValueError("expected a 'contents' list")
+def _synth_pairs(items: list) -> list[dict]:
     out: list[dict] = []
     for item in items:
         try:
             out.append(SynthPair.model_validate(item).model_dump())
         except ValidationError as exc:
             out.append({"invalid": exc.errors()[0]["msg"], "raw": item if isinstance(item, (dict, str)) else str(item)})
-    if not out:
-        raise ValueError("'contents' is empty")
     return out
+
+
+def _contents(obj) -> list | None:
+    items = obj.get("contents") if isinstance(obj, dict) else obj
+    return items if isinstance(items, list) and items else None
+
+
+def parse_synth_reply(text: str) -> list[dict]:
+    """`{"contents": [{"instruction", "response"}, ...]}` -> pairs; invalid items are kept as
+    {"invalid": reason} so curation can count them. Of several JSON objects in a reply the one
+    with the most valid pairs wins (a later one on a tie: a format example comes first)."""
+    strict, repaired = json_candidates(text)
+    for pool in (strict, repaired):
+        best: tuple[int, list[dict]] | None = None
+        for obj in pool:
+            items = _contents(obj)
+            if items is None:
+                continue
+            pairs = _synth_pairs(items)
+            valid = sum("invalid" not in p for p in pairs)
+            if valid and (best is None or valid >= best[0]):
+                best = (valid, pairs)
+        if best is not None:
+            return best[1]
+    # No valid pair anywhere: the reply's `contents` (all invalid) still counts in curation.
+    for obj in strict + repaired:
+        if isinstance(obj, dict) and _contents(obj) is not None:
+            return _synth_pairs(obj["contents"])
+    if any(isinstance(o, dict) and "contents" in o for o in strict + repaired):
+        raise ValueError("'contents' is empty")
+    raise ValueError("expected a 'contents' list")
+
+
+def _score_from_text(v: str) -> float:
+    """'85' -> 85; 'k/n' (a score on its own scale) -> k on 1-100 when that is a whole number."""
+    s = v.strip()
+    if "/" not in s:
+        return float(s)
+    num, _, den = s.partition("/")
+    k, n = float(num), float(den)
+    if not n > 0:
+        raise ValueError(f"score {v!r} has no usable scale")
+    scaled = k * 100 / n
+    if abs(scaled - round(scaled)) > 1e-9:
+        raise ValueError(f"score {v!r} is not a whole number on the 1-100 scale")
+    return float(round(scaled))
 
 
 class _Assessment(BaseModel):
@@ -76,14 +166,15 @@ class _Assessment(BaseModel):
     def _int_score(cls, v):
         if isinstance(v, bool):
             raise ValueError("score must be an integer")
-        if isinstance(v, str):
-            v = v.strip().split("/")[0].strip()
         if not isinstance(v, (int, float, str)):
             raise ValueError(f"score must be a number from 1 to 100, got {type(v).__name__}")
         try:
-            f = float(v)
-        except ValueError:
-            raise ValueError(f"score must be a number from 1 to 100, got {v!r}"[:120]) from None
+            f = _score_from_text(v) if isinstance(v, str) else float(v)
+        except ValueError as exc:
+            msg = str(exc) if str(exc).startswith("score") else f"score must be a number from 1 to 100, got {v!r}"
+            raise ValueError(msg[:120]) from None
+        if f != f or f in (float("inf"), float("-inf")):
+            raise ValueError("score must be a finite number")
         if f != int(f):
             raise ValueError("score must be an integer")
         return int(f)
@@ -105,17 +196,42 @@ class SynthReply(BaseModel):
 
 JUDGE_SCHEMA = JudgeVerdict.model_json_schema()
 SYNTH_SCHEMA = SynthReply.model_json_schema()
+_VERDICT_KEYS = ("similarity_assessment", "precision_assessment")
+
+
+def _validation_message(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    return f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
 
 
 def parse_judge_reply(text: str) -> dict:
-    """The paper's judge JSON -> {"similarity": int, "precision": int}; scores must be 1–100."""
-    obj = extract_json(text)
-    if not isinstance(obj, dict):
+    """The paper's judge JSON -> {"similarity": int, "precision": int}; scores must be 1–100.
+    The verdict is the object in the reply that validates; two valid verdicts that disagree make
+    the reply ambiguous (ValueError: re-asked), whatever comes first."""
+    strict, repaired = json_candidates(text)
+    error = None
+    for pool in (strict, repaired):
+        verdicts: list[JudgeVerdict] = []
+        for obj in pool:
+            if not isinstance(obj, dict):
+                continue
+            try:
+                verdicts.append(JudgeVerdict.model_validate(obj))
+            except ValidationError as exc:
+                # Report the error of the object that looks most like a verdict.
+                if error is None or (any(k in obj for k in _VERDICT_KEYS) and not error[0]):
+                    error = (any(k in obj for k in _VERDICT_KEYS), _validation_message(exc))
+        if verdicts:
+            scores = {(v.similarity_assessment.score, v.precision_assessment.score) for v in verdicts}
+            if len(scores) > 1:
+                raise ValueError(f"ambiguous reply: {len(scores)} verdicts that disagree "
+                                 f"({', '.join(f'{s}/{p}' for s, p in sorted(scores))}); give exactly one")
+            v = verdicts[0]
+            return {"similarity": v.similarity_assessment.score, "precision": v.precision_assessment.score,
+                    "reason": "; ".join(r for r in (v.similarity_assessment.reason, v.precision_assessment.reason)
+                                        if r)[:300]}
+    if error is not None:
+        raise ValueError(error[1])
+    if strict or repaired:
         raise ValueError("expected a JSON object")
-    try:
-        v = JudgeVerdict.model_validate(obj)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        raise ValueError(f"{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
-    return {"similarity": v.similarity_assessment.score, "precision": v.precision_assessment.score,
-            "reason": "; ".join(r for r in (v.similarity_assessment.reason, v.precision_assessment.reason) if r)[:300]}
+    raise ValueError("no JSON object found")

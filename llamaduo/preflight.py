@@ -28,7 +28,7 @@ class Preflight:
 
 
 def check_workdir(workdir: Path) -> None:
-    """The run directory must be (or become) a writable directory."""
+    """The run directory must be (or become) a writable directory that no other live run holds."""
     p = Path(workdir)
     if p.exists() and not p.is_dir():
         raise InputError("run directory is a file", file=str(p), field="--workdir")
@@ -37,6 +37,10 @@ def check_workdir(workdir: Path) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise InputError("run directory is not writable", file=str(p), field="--workdir")
+    from .store import RunDirBusy, run_dir_holder
+
+    if p.is_dir() and (holder := run_dir_holder(p)) is not None:  # refused before the probe pays anything
+        raise RunDirBusy(p, holder)
 
 
 def _key_present(ep: Endpoint) -> None:
@@ -109,8 +113,12 @@ def preflight(cfg: RunConfig, workdir: Path | None = None, *, probe: bool = True
     check_backend(cfg.infer.backend)
     if workdir is not None:
         check_workdir(workdir)
+    from .gate import selection_warnings
+    from .judge import embedding_warnings
+
     result = Preflight(splits=splits, estimate=run_estimate(cfg, splits.train, splits.val, splits.test),
-                       warnings=warnings_for(cfg))
+                       warnings=warnings_for(cfg) + selection_warnings(len(splits.val), cfg.synth.seed_strategy)
+                       + embedding_warnings(cfg.judge, cfg.gate.metric))
     if probe and workdir is not None:
         result.probe = probe_endpoints(cfg, splits, Path(workdir) / "cache" / "service")
     return result

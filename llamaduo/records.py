@@ -122,14 +122,25 @@ class EvalResult(ServiceStageResult):
     judged: Artifact | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     per_item: dict[str, list[float]] = Field(default_factory=dict)
+    per_item_by_id: dict[str, dict[str, float]] = Field(default_factory=dict, description="metric -> {item id: "
+                                                        "value}")
     items: int = 0
-    judged_items: int = 0
+    judged_items: int = Field(0, description="Items with at least one valid judgement.")
+    unanswered_items: int = Field(0, description="Items without an answer to judge (a failed service call); "
+                                  "excluded from every metric, counted here.")
+    requested_judgments: int = Field(0, description="items x samples x repeats (unanswered items included).")
+    valid_judgments: int = 0
     parse_failures: int = 0
     call_failures: int = 0
 
     @property
     def judged_share(self) -> float:
-        return self.judged_items / self.items if self.items else 0.0
+        """Valid judgements / requested judgements (not items: one valid repeat of twelve is 1/12)."""
+        return self.valid_judgments / self.requested_judgments if self.requested_judgments else 0.0
+
+    @property
+    def answered_share(self) -> float:
+        return (self.items - self.unanswered_items) / self.items if self.items else 0.0
 
 
 class ExportResult(StageResult):
@@ -158,14 +169,20 @@ class GateDecision(_Record):
 class Evaluation(_Record):
     items: int = 0
     judged_items: int = 0
-    judged_share: float = 0.0
+    judged_share: float = Field(0.0, description="valid_judgments / requested_judgments (what "
+                                "gate.min_judged_share applies to).")
+    valid_judgments: int = 0
+    requested_judgments: int = 0
+    unanswered_items: int = 0
     parse_failures: int = 0
     call_failures: int = 0
 
     @classmethod
     def of(cls, ev: EvalResult) -> "Evaluation":
         return cls(items=ev.items, judged_items=ev.judged_items, judged_share=round(ev.judged_share, 4),
-                   parse_failures=ev.parse_failures, call_failures=ev.call_failures)
+                   valid_judgments=ev.valid_judgments, requested_judgments=ev.requested_judgments,
+                   unanswered_items=ev.unanswered_items, parse_failures=ev.parse_failures,
+                   call_failures=ev.call_failures)
 
 
 class RoundRecord(_Record):
@@ -179,6 +196,11 @@ class RoundRecord(_Record):
     service: ServiceStats = Field(default_factory=ServiceStats)
     durations_s: dict[str, float] = Field(default_factory=dict)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    val_evaluation: Evaluation | None = None
+    selection_split: str | None = Field(None, description="The split keep-best and plateau compare this round on: "
+                                        "validation, or test when there is no validation split.")
+    selection_items: dict[str, float] = Field(default_factory=dict, description="gate.metric per item id on "
+                                              "selection_split (keep-best compares rounds item by item).")
     parity: dict[str, float] = Field(default_factory=dict)
     adapter: Artifact | None = None
     judged: Artifact | None = None
@@ -209,5 +231,7 @@ class Summary(_Record):
     student: str
     data: DataSummary = Field(default_factory=DataSummary)
     baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
+    baseline_evaluations: dict[str, Evaluation] = Field(default_factory=dict, description="How much of each "
+                                                        "baseline was answered and judged.")
     service_total: ServiceStats = Field(default_factory=ServiceStats)
     rounds: list[RoundRecord] = Field(default_factory=list)

@@ -11,19 +11,26 @@ request. API keys never enter cache, logs, stats or error text.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import ipaddress
 import json
 import logging
 import os
+import random
+import re
 import time
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
 
-from .config import BudgetConfig, Endpoint, ServiceConfig
+from .config import BudgetConfig, Endpoint, ServiceConfig, provider_of
 from .errors import InputError
 from .records import ServiceStats
-from .redact import redact, secret_values
-from .store import atomic_write_json, sha256_json
+from .redact import redact, safe_message, secret_values
+from .store import atomic_write_text, sha256_json
 
 log = logging.getLogger("llamaduo.service")
 # Offline machines: use litellm's bundled price map instead of fetching it at import.
@@ -49,8 +56,103 @@ class Request:
 
 
 def approx_tokens(text: str) -> int:
-    """~4 characters per token for English text: for estimates and reservations, not billing."""
+    """~4 characters per token for English text: for the stand-in's usage figures only (never
+    for money: 8,000 CJK characters are ~8,000 tokens, not 2,000)."""
     return max(1, len(text) // 4)
+
+
+# Chat-template tokens around each message (role markers, separators: ChatML, Llama 3 and Gemma
+# use 4-5, OpenAI 3-4) and around the request (BOS, the assistant header that primes the reply).
+MESSAGE_OVERHEAD_TOKENS = 8
+REQUEST_OVERHEAD_TOKENS = 8
+_TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+
+
+def utf8_token_bound(text: str) -> int:
+    """At least as many tokens as any provider's tokenizer makes of `text`.
+
+    Byte-level BPE (GPT, Claude, Llama 3, Qwen, DeepSeek) starts from one token per UTF-8 byte
+    and merges only ever shrink that; SentencePiece with byte fallback (Gemini/Gemma, Mistral,
+    Llama 2) emits a known piece (>= 1 character) or one token per byte of a character it lacks.
+    A tokenizer that normalises first can grow the text (Claude's, as litellm ships it, applies NFKC:
+    U+FDFA is 3 bytes and 15 tokens; NFD/NFKD split a Hangul syllable's 3 bytes into 9), so the
+    largest byte length of the raw and normalised forms counts. A SentencePiece word-start marker
+    adds <= 1 token per message: MESSAGE_OVERHEAD_TOKENS covers it."""
+    return max(len(form.encode("utf-8", "surrogatepass"))
+               for form in (text, unicodedata.normalize("NFKC", text), unicodedata.normalize("NFKD", text)))
+
+
+def _tiktoken_dir() -> str | None:
+    """Where tiktoken finds its encoding files offline: the user's cache, else the copies litellm ships."""
+    import importlib.util
+
+    for var in ("TIKTOKEN_CACHE_DIR", "CUSTOM_TIKTOKEN_CACHE_DIR"):
+        if os.environ.get(var):
+            return os.environ[var]
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(list(spec.submodule_search_locations)[0]) / "litellm_core_utils" / "tokenizers")
+
+
+@functools.lru_cache(maxsize=None)
+def model_tokenizer(model: str):
+    """The exact tokenizer of an OpenAI model (tiktoken, from local files), else None.
+
+    litellm's own `token_counter` is no bound: for other providers it counts with an OpenAI
+    encoding (or downloads a Hugging Face tokenizer: a hang offline), so it is not used here."""
+    provider, _, name = model.rpartition("/")
+    if provider not in ("", "openai", "azure") or not name:
+        return None
+    try:
+        import tiktoken
+
+        encoding = tiktoken.encoding_name_for_model(name)
+    except Exception:  # noqa: BLE001 - not an OpenAI model name (or no tiktoken)
+        return None
+    folder = _tiktoken_dir()
+    url_hash = hashlib.sha1(_TIKTOKEN_URL.format(name=encoding).encode()).hexdigest()
+    if folder is None or not (Path(folder) / url_hash).is_file():
+        return None  # tiktoken would download it: never on the money path
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", folder)  # litellm sets the same folder when it loads it
+    try:
+        return tiktoken.get_encoding(encoding)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def text_token_bound(text: str, model: str) -> int:
+    """Tokens of `text` for `model`: its tokenizer's exact count where we have it, else the UTF-8 bound."""
+    encoding = model_tokenizer(model)
+    if encoding is not None:
+        try:
+            return len(encoding.encode(text, disallowed_special=()))
+        except Exception:  # noqa: BLE001 - text tiktoken cannot encode: the bound holds for it too
+            pass
+    return utf8_token_bound(text)
+
+
+def prompt_token_bound(model: str, messages: list[dict], schema: dict | None = None) -> int:
+    """The most prompt tokens a request can be billed: every message (role, content, name), the
+    chat template around them, and the reply schema when it is sent (structured outputs)."""
+    total = REQUEST_OVERHEAD_TOKENS
+    for m in messages:
+        total += MESSAGE_OVERHEAD_TOKENS
+        for k, v in m.items():
+            text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+            total += text_token_bound(text, model) if k == "content" else utf8_token_bound(text)
+    if schema is not None:
+        total += MESSAGE_OVERHEAD_TOKENS + utf8_token_bound(json.dumps(schema, ensure_ascii=False))
+    return total
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(text: str) -> str:
+    """A reply as well-formed Unicode: a lone surrogate (JSON allows the escape "\\ud800", UTF-8
+    cannot encode it) becomes U+FFFD, so the reply can be cached, hashed and written like any other."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 @dataclass
@@ -85,7 +187,19 @@ class ResponseCache:
             return None  # a torn file is treated as a miss (writes are atomic; belt and braces)
 
     def put(self, key: str, record: dict) -> None:
-        atomic_write_json(self._path(key), record)
+        """ASCII JSON: any text a provider returns (even a lone surrogate) is written and read back
+        as it was, so a paid reply is never lost to an encoding error. OSError (disk full, no
+        permission) is the caller's to handle: the reply is paid either way."""
+        atomic_write_text(self._path(key), json.dumps(record, indent=2, ensure_ascii=True) + "\n")
+
+
+class ReplyCacheError(RuntimeError):
+    """Paid replies could not be written to the reply cache. They are charged (`stats`), but a
+    re-run would pay for them again, so the stage stops instead of spending more."""
+
+    def __init__(self, message: str, stats: ServiceStats):
+        super().__init__(message)
+        self.stats = stats
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -109,13 +223,19 @@ def _retry_after_s(exc: BaseException) -> float | None:
         return None
 
 
+def explicit_prices(endpoint: Endpoint) -> bool:
+    return endpoint.input_cost_per_mtok is not None and endpoint.output_cost_per_mtok is not None
+
+
 def price_usd(endpoint: Endpoint, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """Configured per-million-token prices first, then litellm's price map; None = unknown."""
+    """Configured per-million-token prices first, then litellm's price map; None = unknown.
+    Prices come in pairs: one price alone is not a price (it would make the other side free)."""
     if endpoint.is_standin:
         return 0.0
+    if explicit_prices(endpoint):
+        return (endpoint.input_cost_per_mtok * prompt_tokens + endpoint.output_cost_per_mtok * completion_tokens) / 1e6
     if endpoint.input_cost_per_mtok is not None or endpoint.output_cost_per_mtok is not None:
-        return ((endpoint.input_cost_per_mtok or 0.0) * prompt_tokens +
-                (endpoint.output_cost_per_mtok or 0.0) * completion_tokens) / 1e6
+        return None
     import litellm
 
     litellm.suppress_debug_info = True
@@ -131,16 +251,56 @@ def price_known(endpoint: Endpoint) -> bool:
     return price_usd(endpoint, 1000, 1000) is not None
 
 
+# Servers people run on their own hardware: per-token prices are $0 by construction (the machine
+# is paid by the hour, see decision.usd_per_hour), wherever the server is.
+SELF_HOSTED_PROVIDERS = frozenset({"ollama", "ollama_chat", "hosted_vllm", "vllm", "lm_studio", "llamafile",
+                                   "xinference", "oobabooga"})
+
+
+def is_local_endpoint(endpoint: Endpoint) -> bool:
+    """An endpoint whose calls cost nothing per token: the stand-in, a self-hosted server provider
+    (ollama/, hosted_vllm/, ... at any api_base: the default of ollama is localhost), or any
+    provider behind an api_base on this machine (localhost, 127.0.0.0/8, ::1). A private-network
+    address is *not* local: it may be a paid gateway; such endpoints set explicit prices (0 if free)."""
+    if endpoint.is_standin or provider_of(endpoint.model) in SELF_HOSTED_PROVIDERS:
+        return True
+    if not endpoint.api_base:
+        return False
+    host = (urlparse(endpoint.api_base).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_pricing(endpoint: Endpoint, budget: BudgetConfig) -> None:
-    """A money cap must hold for every model: an unpriced model needs explicit prices, unless
-    it is a self-hosted endpoint (api_base) and the budget allows only free calls."""
-    if price_known(endpoint):
+    """A money cap must hold for every model. An unpriced model needs explicit prices, unless it is
+    a self-hosted endpoint (api_base) and the budget allows only free calls. A model litellm prices
+    at $0 (e.g. huggingface/...) that is not a local endpoint needs them too when max_usd > 0:
+    otherwise every call would count $0 against the cap."""
+    field = endpoint.field
+    if endpoint.is_standin or explicit_prices(endpoint):
         return
-    if budget.max_usd == 0 and endpoint.api_base:
-        return
-    raise InputError(f"litellm has no price for {endpoint.model!r}, so budget.max_usd cannot be enforced; set "
-                     f"{endpoint.field}.input_cost_per_mtok and {endpoint.field}.output_cost_per_mtok",
-                     field=f"{endpoint.field}.model")
+    if endpoint.input_cost_per_mtok is not None or endpoint.output_cost_per_mtok is not None:
+        missing = "output" if endpoint.output_cost_per_mtok is None else "input"
+        raise InputError(f"{field}.input_cost_per_mtok and {field}.output_cost_per_mtok go together: set "
+                         f"{field}.{missing}_cost_per_mtok too (a missing price would count that side as free)",
+                         field=f"{field}.{missing}_cost_per_mtok")
+    unit = price_usd(endpoint, 1_000_000, 1_000_000)
+    if unit is None:
+        if budget.max_usd == 0 and endpoint.api_base:
+            return
+        raise InputError(f"litellm has no price for {endpoint.model!r}, so budget.max_usd cannot be enforced; set "
+                         f"{field}.input_cost_per_mtok and {field}.output_cost_per_mtok",
+                         field=f"{field}.model")
+    if unit == 0 and budget.max_usd > 0 and not is_local_endpoint(endpoint):
+        where = f"at {endpoint.api_base}" if endpoint.api_base else "a hosted provider"
+        raise InputError(f"litellm prices {endpoint.model!r} at $0 but it is not a local endpoint ({where}), so "
+                         f"budget.max_usd would count its calls as free; set {field}.input_cost_per_mtok and "
+                         f"{field}.output_cost_per_mtok (USD per million tokens; 0 and 0 if it really is free)",
+                         field=f"{field}.input_cost_per_mtok")
 
 
 def supports_structured_output(endpoint: Endpoint, mode: str) -> bool:
@@ -175,7 +335,10 @@ class ServiceClient:
         self.progress = progress
         self.budget_hit = False
         self.tripped = False  # circuit breaker: too many calls of this batch failed
-        self._reserved_usd = 0.0
+        self._reserved_usd = 0.0  # worst cases of the attempts in flight
+        self._cost_usd = 0.0  # what this client spent (cached replies included), unrounded
+        self.cache_error: str | None = None  # a paid reply could not be cached: stop sending
+        self._unsaved = 0
         self._api_key = None
         self._secrets = secret_values([endpoint.api_key_env])
         if endpoint.api_key_env:
@@ -189,30 +352,60 @@ class ServiceClient:
     def redact(self, text: str) -> str:
         return redact(text, self._secrets)
 
+    def safe_message(self, text: str, limit: int = 300) -> str:
+        """Error text fit for logs, results and files: redacted first, then cut."""
+        return safe_message(text, limit, self._secrets)
+
     # -- budget ---------------------------------------------------------------------------
-    def _estimate_usd(self, request: Request) -> float:
-        return price_usd(self.endpoint, request.approx_prompt_tokens(), request.max_tokens) or 0.0
+    # One attempt = one reservation: the worst case of the attempt (prompt tokens bounded from the
+    # text, completion = max_tokens, at the endpoint's price) is reserved before it is sent and
+    # settled after it in one step, with no await in between: released, and replaced by the real
+    # cost (a reply), nothing (the provider refused it: an HTTP error status) or the reserved
+    # worst case (a timeout: the provider may have run and billed it; we cannot know).
+    def attempt_cost_usd(self, request: Request) -> float:
+        """The most one attempt of `request` can cost."""
+        schema = request.schema if self.structured else None
+        prompt = prompt_token_bound(self.endpoint.model, request.messages, schema)
+        return price_usd(self.endpoint, prompt, request.max_tokens) or 0.0
 
-    def _reserve(self, request: Request) -> float | None:
-        """Reserve the call's worst-case cost; None when a cap would be crossed."""
-        if self.budget is None:
-            return 0.0
-        used = self.spent.plus(self.stats)
-        if used.calls >= self.budget.max_calls:
-            return None
-        est = self._estimate_usd(request)
-        if self.budget.max_usd == 0:
-            if est > 0:
-                return None
-        elif used.cost_usd + self._reserved_usd + est > self.budget.max_usd:
-            return None
-        self._reserved_usd += est
-        return est
+    def used_usd(self) -> float:
+        """Spent by earlier stages + by this client (exact, not the rounded figure in `stats`)."""
+        return self.spent.cost_usd + self._cost_usd
 
-    # -- one call -------------------------------------------------------------------------
-    async def _call(self, request: Request, limiter, tpm_limiter) -> dict:
+    def _reserve(self, usd: float, *, new_call: bool) -> bool:
+        """Reserve one attempt's worst case; False when a cap would be crossed (nothing reserved)."""
+        if self.budget is not None:
+            if new_call and self.spent.calls + self.stats.calls >= self.budget.max_calls:
+                return False
+            if self.budget.max_usd == 0:
+                if usd > 0:
+                    return False
+            elif self.used_usd() + self._reserved_usd + usd > self.budget.max_usd:
+                return False
+        self._reserved_usd += usd
+        return True
+
+    def _settle(self, reserved: float, record: dict | None = None, charge_usd: float = 0.0) -> None:
+        """Release an attempt's reservation and charge what it cost, in the same step."""
+        self._reserved_usd = max(0.0, self._reserved_usd - reserved)
+        if record is not None:
+            self._account(record)
+        elif charge_usd:
+            self._charge(charge_usd)
+
+    def _charge(self, usd: float) -> None:
+        self._cost_usd += usd
+        self.stats.cost_usd = round(self._cost_usd, 8)
+
+    def _account(self, record: dict) -> None:
+        self.stats.prompt_tokens += record.get("prompt_tokens", 0)
+        self.stats.completion_tokens += record.get("completion_tokens", 0)
+        self._charge(float(record.get("cost_usd", 0.0)))
+
+    # -- one attempt ----------------------------------------------------------------------
+    async def _send(self, request: Request) -> dict:
+        """One attempt: one request to the provider, its reply as a cache record."""
         import litellm
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
         if self.endpoint.is_standin:
             return self._standin_call(request)
@@ -226,26 +419,9 @@ class ServiceClient:
         if self.structured and request.schema:
             kwargs["response_format"] = {"type": "json_schema",
                                          "json_schema": {"name": "reply", "schema": request.schema}}
-        backoff = wait_exponential_jitter(initial=1, max=30)
-
-        def wait(state) -> float:
-            exc = state.outcome.exception()
-            return max(backoff(state), _retry_after_s(exc) or 0.0)
-
-        attempt_no = 0
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(self.limits.max_retries + 1), wait=wait,
-                                           retry=retry_if_exception(_retryable), reraise=True):
-            with attempt:
-                attempt_no += 1
-                if attempt_no > 1:
-                    self.stats.retries += 1
-                async with limiter:
-                    if tpm_limiter is not None:
-                        est = request.approx_prompt_tokens() + request.max_tokens
-                        await tpm_limiter.acquire(min(est, tpm_limiter.max_rate))
-                    response = await litellm.acompletion(**kwargs)
+        response = await litellm.acompletion(**kwargs)
         choice = response.choices[0]
-        content = choice.message.content or ""
+        content = well_formed(choice.message.content or "")
         usage = getattr(response, "usage", None)
         pt = int(getattr(usage, "prompt_tokens", 0) or 0)
         ct = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -268,38 +444,76 @@ class ServiceClient:
                 "prompt_tokens": approx_tokens(prompt), "completion_tokens": approx_tokens(text), "cost_usd": 0.0,
                 "created": time.time()}
 
-    def _account(self, record: dict) -> None:
-        self.stats.prompt_tokens += record.get("prompt_tokens", 0)
-        self.stats.completion_tokens += record.get("completion_tokens", 0)
-        self.stats.cost_usd = round(self.stats.cost_usd + float(record.get("cost_usd", 0.0)), 8)
+    @staticmethod
+    def _backoff_s(retry_no: int, exc: BaseException) -> float:
+        """Exponential backoff with jitter (1, 2, 4 ... 30 s), never shorter than Retry-After."""
+        return max(min(30.0, 2.0 ** (retry_no - 1)) + random.uniform(0, 1), _retry_after_s(exc) or 0.0)
+
+    def _store(self, key: str, record: dict, *, paid: bool = True) -> None:
+        """Cache a reply. It is already charged; if it cannot be written, no further call is sent
+        (each would be paid and lost the same way) and the batch ends with ReplyCacheError."""
+        try:
+            self.cache.put(key, record)
+        except OSError as exc:
+            self._unsaved += paid
+            if self.cache_error is None:
+                self.cache_error = self.safe_message(f"{type(exc).__name__}: {exc}", 300)
+            log.error("%s: a paid reply could not be written to the reply cache: %s", self.endpoint.field,
+                      self.cache_error)
 
     async def _fetch(self, req: Request, key: str, sem, limiter, tpm_limiter) -> tuple[dict | None, Result | None]:
         """The reply for `req`: from the cache (its recorded cost still counts: it was paid by
-        this run directory), or from the provider within budget."""
+        this run directory), or from the provider within budget, each attempt reserved first."""
+        import litellm
+
         record = self.cache.get(key)
         if record is not None:
             self.stats.cached += 1
             self._account(record)
             return record, None
         async with sem:
-            if self.tripped:
-                return None, Result(False, error="not sent: the service is failing", kind="skipped")
-            reserved = self._reserve(req)  # inside the semaphore: calls in flight are reserved
-            if reserved is None:
-                self.budget_hit = True
-                return None, Result(False, error="budget exhausted before this call", kind="budget")
-            self.stats.calls += 1
-            try:
-                record = await self._call(req, limiter, tpm_limiter)
-            except Exception as exc:  # recorded and counted, never a crash of the run
-                self.stats.failed += 1
-                reason = self.redact(f"{type(exc).__name__}: {str(exc)[:300]}")
-                log.warning("%s call failed after retries: %s", self.endpoint.field, reason)
-                return None, Result(False, error=reason, kind="call")
-            finally:
-                self._reserved_usd -= reserved
-        self.cache.put(key, record)
-        self._account(record)
+            if self.tripped or self.cache_error:
+                why = "the service is failing" if self.tripped else "the reply cache cannot be written"
+                return None, Result(False, error=f"not sent: {why}", kind="skipped")
+            worst = self.attempt_cost_usd(req)
+            tokens = prompt_token_bound(self.endpoint.model, req.messages) + req.max_tokens
+            reason = None
+            for attempt_no in range(self.limits.max_retries + 1):
+                # inside the semaphore: every attempt in flight is reserved
+                if not self._reserve(worst, new_call=attempt_no == 0):
+                    self.budget_hit = True
+                    if attempt_no == 0:
+                        return None, Result(False, error="budget exhausted before this call", kind="budget")
+                    return None, Result(False, error=f"budget exhausted before retry {attempt_no}; last error: "
+                                        f"{reason}", kind="budget")
+                if attempt_no == 0:
+                    self.stats.calls += 1
+                else:
+                    self.stats.retries += 1
+                settled = False
+                try:
+                    async with limiter:
+                        if tpm_limiter is not None:
+                            await tpm_limiter.acquire(min(tokens, tpm_limiter.max_rate))
+                        record = await self._send(req)
+                    self._settle(worst, record)
+                    settled = True
+                    break
+                except Exception as exc:  # recorded and counted, never a crash of the run
+                    # a timed-out request may have run (and been billed): charge its worst case
+                    self._settle(worst, charge_usd=worst if isinstance(exc, litellm.Timeout) else 0.0)
+                    settled = True
+                    reason = self.safe_message(f"{type(exc).__name__}: {exc}", 300)
+                    if not _retryable(exc) or attempt_no == self.limits.max_retries:
+                        self.stats.failed += 1
+                        log.warning("%s call failed after %d attempt(s): %s", self.endpoint.field, attempt_no + 1,
+                                    reason)
+                        return None, Result(False, error=reason, kind="call")
+                    await asyncio.sleep(self._backoff_s(attempt_no + 1, exc))
+                finally:
+                    if not settled:  # cancelled mid-attempt (a stop signal): release, charge nothing known
+                        self._settle(worst)
+        self._store(key, record)
         return record, None
 
     async def _one(self, request: Request, parse: Callable[[str], Any], salt: dict, sem, limiter,
@@ -310,14 +524,15 @@ class ServiceClient:
             record, failed = await self._fetch(req, key, sem, limiter, tpm_limiter)
             if failed is not None:
                 return failed
-            content = record.get("content") or ""
+            content = well_formed(record.get("content") or "")
             truncated = record.get("finish_reason") == "length"
             try:
                 return Result(True, value=parse(content), truncated=truncated)
             except Exception as exc:  # noqa: BLE001 - any reply that does not validate is a parse failure
-                error = self.redact(f"{exc}"[:300]) + (" (the reply was cut off at max_tokens)" if truncated else "")
+                error = self.safe_message(f"{exc}", 300) + (" (the reply was cut off at max_tokens)" if truncated
+                                                            else "")
             if not record.get("invalid"):
-                self.cache.put(key, {**record, "invalid": error})  # kept for audit, never served as valid
+                self._store(key, {**record, "invalid": error}, paid=False)  # kept for audit, never served as valid
             # The re-ask shows the model its reply and what was wrong: a new request, its own cache entry.
             req = replace(request, messages=request.messages + [
                 {"role": "assistant", "content": content[:4000]},
@@ -356,9 +571,16 @@ class ServiceClient:
             return res
 
         try:
-            return list(await asyncio.gather(*(tracked(r) for r in requests)))
+            results = list(await asyncio.gather(*(tracked(r) for r in requests)))
         finally:
             bar.close()
+        if self.cache_error:
+            raise ReplyCacheError(
+                f"{self.endpoint.field}: the reply cache {self.cache.root} cannot be written ({self.cache_error}); "
+                f"{self._unsaved} paid repl{'y' if self._unsaved == 1 else 'ies'} could not be saved (charged: this "
+                f"client spent {self.stats.cost_usd:.4f} USD) and no further call was sent. Free disk space or fix "
+                "the directory's permissions, then re-run (unsaved replies will be asked again).", self.stats)
+        return results
 
     def run(self, requests: Sequence[Request], parse: Callable[[str], Any], **kw) -> list[Result]:
         return asyncio.run(self.arun(requests, parse, **kw))
@@ -378,10 +600,17 @@ def failure_rate(results: list[Result]) -> float:
     return sum(not r.ok for r in counted) / len(counted) if counted else 0.0
 
 
-def failing_reason(stage: str, results: list[Result], max_rate: float) -> str | None:
-    """The circuit breaker's verdict on one stage: None while the service is usable."""
+MIN_CALLS_FOR_BREAKER = 10  # default of service.min_calls_for_breaker
+
+
+def failing_reason(stage: str, results: list[Result], max_rate: float,
+                   min_calls: int = MIN_CALLS_FOR_BREAKER) -> str | None:
+    """The circuit breaker's verdict on one stage: None while the service is usable. A share of
+    a handful of calls is noise (3 failed judgements of 4 validation items must not discard a
+    round): below `min_calls` calls it trips only when none of them produced anything."""
     rate = failure_rate(results)
-    if results and rate > max_rate:
+    counted = sum(1 for r in results if r.kind != "budget")
+    if results and rate > max_rate and (counted >= min_calls or rate == 1.0):
         sample = next((r.error for r in results if not r.ok and r.kind != "skipped"), "")
         return f"{stage}: {rate:.0%} of calls failed (limit {max_rate:.0%}); e.g. {sample}"
     return None

@@ -45,6 +45,18 @@ def failure_weights(train: list[Example], judged: list[dict], *, k: int = 3, flo
     return weights
 
 
+def temper_weights(weights: list[float], n_items: int) -> list[float]:
+    """Mix failure weights with uniform in proportion to how little `n_items` validation items
+    can tell: the 95% interval half-width of a mean on a 0-1 scale at worst, 0.98 / sqrt(n)
+    (4 items: half uniform; 100 items: a tenth). A small split otherwise steers every seed
+    towards the few items it happened to fail."""
+    if not weights:
+        return []
+    uniform_share = min(1.0, 0.98 / n_items ** 0.5) if n_items > 0 else 1.0
+    avg = sum(weights) / len(weights)
+    return [(1 - uniform_share) * w / avg + uniform_share for w in weights]
+
+
 def select_seeds_weighted(train: list[Example], count: int, weights: list[float], seed: int) -> list[Example]:
     """Weighted sampling without replacement (Efraimidis–Spirakis keys); repeats only when
     more seeds are needed than the train split holds."""
@@ -94,7 +106,7 @@ def choose_seeds(train: list[Example], synth: SynthConfig, n_requests: int, *, s
     """Seeds for one wave: uniform walks the train split; `failure` weights seeds by the
     student's scores on the *validation* items (never the test split the gate judges)."""
     if synth.seed_strategy == "failure" and val_judged:
-        weights = failure_weights(train, val_judged)
+        weights = temper_weights(failure_weights(train, val_judged), len(val_judged))
         return select_seeds_weighted(train, n_requests, weights, split_seed + 1000 * round_no + wave)
     return select_seeds(train, n_requests, seed_offset, split_seed)
 
@@ -122,7 +134,8 @@ def synthesize_wave(root: str | Path, synth: SynthConfig, endpoint: Endpoint, li
                                           template_sha=template.sha256)
     result = SynthResult(service=client.stats, budget_hit=client.budget_hit, rows=len(candidates),
                          failed_requests=len(failures), next_seed_offset=seed_offset + n_requests,
-                         failing=failing_reason(f"round {round_no} synthesis", results, limits.max_failure_rate))
+                         failing=failing_reason(f"round {round_no} synthesis", results, limits.max_failure_rate,
+                                                 limits.min_calls_for_breaker))
     if not result.budget_hit and not result.failing and results and not candidates:
         result.failing = f"round {round_no} synthesis: the service produced no usable pair"
     if not result.budget_hit and not result.failing:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from .config import TrainConfig
 from .data import Example, to_chat
 from .records import Artifact, FinetuneResult, StudentRef
-from .store import atomic_write_json, read_json, read_jsonl, staged_dir
+from .store import atomic_write_json, read_json, read_jsonl, sha256_file, sha256_json, sha256_path, staged_dir
 
 
 class TrainSpec(BaseModel):
@@ -151,8 +151,29 @@ def _watch_progress(path: Path, on_progress, stop) -> None:
             on_progress(p["step"], p["max_steps"])
 
 
-def checkpoint_dir(spec: TrainSpec) -> Path:
+# Training settings that change neither the steps nor the weights: a checkpoint written under
+# other values of these still resumes.
+_CHECKPOINT_NEUTRAL = ("subprocess", "save_steps")
+
+
+def checkpoint_key(spec: TrainSpec) -> str:
+    """What a checkpoint was trained from: the student, the rows (by content), the starting
+    adapter (by content), the system prompt and the training settings. A re-run with another
+    configuration writes the same adapter path, so an interrupted checkpoint is only resumed by
+    a run with the same key (the OOM retry's smaller micro-batch keeps the effective batch, and
+    the key)."""
+    train = {k: v for k, v in spec.train.fingerprint().items() if k not in _CHECKPOINT_NEUTRAL}
+    return sha256_json({"base_model": spec.base_model, "data": sha256_file(spec.data_path), "train": train,
+                        "system_prompt": spec.system_prompt,
+                        "init_adapter": sha256_path(spec.init_adapter) if spec.init_adapter else None})[:16]
+
+
+def checkpoints_root(spec: TrainSpec) -> Path:
     return Path(spec.output_dir).with_name(Path(spec.output_dir).name + ".checkpoints")
+
+
+def checkpoint_dir(spec: TrainSpec) -> Path:
+    return checkpoints_root(spec) / checkpoint_key(spec)
 
 
 def last_checkpoint(spec: TrainSpec) -> Path | None:
@@ -194,7 +215,10 @@ def train_lora(spec: TrainSpec) -> dict:
         with staged_dir(out) as tmp:
             trainer.model.save_pretrained(tmp)
             trainer.processing_class.save_pretrained(tmp)
-        shutil.rmtree(checkpoint_dir(spec), ignore_errors=True)  # done: nothing left to resume
+        # done: nothing left to resume (another configuration's interrupted checkpoints stay for its re-run)
+        shutil.rmtree(checkpoint_dir(spec), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            checkpoints_root(spec).rmdir()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"steps": int(result.global_step), "train_loss": round(float(result.training_loss), 4),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
@@ -289,8 +313,13 @@ def _exit_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    from .lifeline import set_parent_death_signal
+
     argv = argv if argv is not None else sys.argv[1:]
-    _exit_with_parent()
+    set_parent_death_signal(signal.SIGKILL)  # Linux: at once when the flow process dies, however it dies
+    _exit_with_parent()  # elsewhere (and a parent gone before the signal was armed): within 2 s
     spec = TrainSpec.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
     stats = train_lora(spec)
     if int(os.environ.get("RANK", "0")) == 0:

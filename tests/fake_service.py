@@ -56,6 +56,7 @@ class FakeBehaviour:
     reject_models: dict = field(default_factory=dict)  # model -> HTTP status (401 echoes the caller's key)
     reject_after: int | None = None  # after this many requests every request gets a key-echoing 401
     synth_finish_reason: str = "stop"  # "length": synthesis replies say they stopped at max_tokens
+    echo_key_at: int | None = None  # rejections echo the bare key this many characters into the message
 
 
 class FakeOpenAIServer:
@@ -175,8 +176,11 @@ class FakeOpenAIServer:
                 if status:
                     server.statuses[status] += 1
                     key = self.headers.get("Authorization", "")
-                    return self._send(status, {"error": {"message": f"Incorrect API key provided: {key}",
-                                                         "type": "invalid_request_error"}})
+                    message = f"Incorrect API key provided: {key}"
+                    if b.echo_key_at is not None:  # a gateway that dumps the key deep into a long message
+                        filler = "Request rejected by the upstream gateway; details follow. " * 20
+                        message = filler[: b.echo_key_at] + key.removeprefix("Bearer ") + " was not accepted."
+                    return self._send(status, {"error": {"message": message, "type": "invalid_request_error"}})
                 prompt = "\n".join(m.get("content") or "" for m in body["messages"])
                 kind = "judge" if "Language Model Response" in prompt else "synth" if '"contents"' in prompt else "plain"
                 text = server.reply_text(prompt)

@@ -87,7 +87,10 @@ class Stack:
             time.sleep(1)
         else:
             raise AssertionError("server did not start: " + (self.tmp / "server.log").read_text()[-3000:])
-        self.cli("work-pool", "create", "llamaduo-pool", "--type", "process")
+        # the project's pool setup: the shipped base job template (no env/command/working_dir for runs)
+        out = subprocess.run([sys.executable, "-m", "deployments.pools", "create"], cwd=ROOT, env=self.env,
+                             capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         self.cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
         self.start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "llamaduo-pool"])
 

@@ -57,3 +57,104 @@ def test_synth_reply_unusable(text):
 
 def test_extract_json_prefers_fenced_block():
     assert extract_json('noise {"a": 1} ```json\n{"b": 2}\n```') == {"b": 2}
+
+
+# -- one reply, one verdict (issue 19, point 2) ------------------------------------------------------
+import json  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _verdict(sim, prec, reason="r"):
+    return json.dumps({"similarity_assessment": {"score": sim, "reason": reason},
+                       "precision_assessment": {"score": prec, "reason": reason}})
+
+
+def _scores(text):
+    out = parse_judge_reply(text)
+    return out["similarity"], out["precision"]
+
+
+def test_fenced_format_example_before_the_verdict_is_not_the_verdict():
+    example = '```json\n{"similarity_assessment": {"score": <1-100>, "reason": "..."}, ' \
+              '"precision_assessment": {"score": <1-100>, "reason": "..."}}\n```'
+    assert _scores(f"Format:\n{example}\nMy verdict:\n{_verdict(35, 40)}") == (35, 40)
+    # an example with a valid-looking score 100 disagrees with the verdict: ambiguous, re-asked
+    with pytest.raises(ValueError, match="ambiguous"):
+        parse_judge_reply(f"Format:\n```json\n{_verdict(100, 100)}\n```\nMy verdict: {_verdict(35, 40)}")
+
+
+def test_json_quoted_from_the_answer_does_not_hide_the_verdict():
+    reply = f'The candidate returned {{"name": "Ada", "age": 36}} where {{"name": "Ada"}} was expected.\n' \
+            f"{_verdict(60, 70)}"
+    assert _scores(reply) == (60, 70)
+
+
+def test_the_same_verdict_twice_is_one_verdict():
+    assert _scores(f"```json\n{_verdict(60, 70)}\n```\nAgain: {_verdict(60, 70, 'other words')}") == (60, 70)
+
+
+@pytest.mark.parametrize("given_score,read", [("8/10", 80), ("85/100", 85), ("3/5", 60), ("8.5/10", 85),
+                                              (" 70 / 100 ", 70)])
+def test_a_score_on_its_own_scale_is_read_on_that_scale(given_score, read):
+    assert _scores(_verdict(given_score, 50)) == (read, 50)
+
+
+@pytest.mark.parametrize("given_score", ["2/3", "8/0", "11/10", "x/10", "8/ten"])
+def test_a_score_off_any_usable_scale_is_refused(given_score):
+    with pytest.raises(ValueError, match="similarity_assessment.score"):
+        parse_judge_reply(_verdict(given_score, 50))
+
+
+_json_leaf = st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=12)
+_json_value = st.recursive(_json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(
+    st.text(max_size=8).filter(lambda k: k not in ("similarity_assessment", "precision_assessment")), c,
+    max_size=3), max_leaves=8)
+_other_object = st.dictionaries(st.text(max_size=8).filter(
+    lambda k: k not in ("similarity_assessment", "precision_assessment")), _json_value, max_size=4).map(json.dumps)
+_prose = st.text(max_size=60)
+_score = st.integers(1, 100)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sim=_score, prec=_score, reason=st.text(max_size=30), fenced=st.booleans(),
+       before=st.lists(st.tuples(_prose, _other_object), max_size=3),
+       after=st.lists(st.tuples(_prose, _other_object), max_size=3), tail=_prose)
+def test_any_valid_verdict_among_prose_and_other_json_is_found(sim, prec, reason, fenced, before, after, tail):
+    verdict = _verdict(sim, prec, reason)
+    verdict = f"```json\n{verdict}\n```" if fenced else verdict
+    text = "".join(p + " " + o + " " for p, o in before) + verdict + "".join(" " + p + " " + o for p, o in after)
+    assert _scores(text + " " + tail) == (sim, prec)
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.tuples(_score, _score), b=st.tuples(_score, _score), prose=_prose, order=st.booleans())
+def test_two_verdicts_that_disagree_are_refused(a, b, prose, order):
+    if a == b:
+        return
+    first, second = (a, b) if order else (b, a)
+    with pytest.raises(ValueError, match="ambiguous"):
+        parse_judge_reply(_verdict(*first) + prose + " " + _verdict(*second))
+
+
+@given(k=st.integers(1, 10), prec=_score)
+def test_k_out_of_10_is_read_as_k_times_10(k, prec):
+    assert _scores(_verdict(f"{k}/10", prec)) == (k * 10, prec)
+
+
+@given(k=st.integers(0, 300), n=st.integers(1, 300))
+def test_k_out_of_n_is_on_scale_or_refused_never_k(k, n):
+    try:
+        sim, _ = _scores(_verdict(f"{k}/{n}", 50))
+    except ValueError:
+        return
+    assert sim == k * 100 / n and 1 <= sim <= 100
+
+
+def test_synthesis_picks_the_object_with_valid_contents():
+    example = '{"contents": [{"instruction": "<instruction>"}]}'
+    real = json.dumps({"contents": [{"instruction": f"Q{i}", "response": f"A{i}"} for i in range(3)]})
+    quoted = '{"note": "see {\\"contents\\": []}"}'
+    out = parse_synth_reply(f"Format: {example}\nHere: {quoted}\n```json\n{real}\n```")
+    assert out == [{"instruction": f"Q{i}", "response": f"A{i}"} for i in range(3)]

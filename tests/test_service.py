@@ -149,3 +149,53 @@ def test_faults_without_retries_are_counted_not_dropped(tmp_path, monkeypatch):
           f"failures (counted)")
     assert ok + failed_call + failed_parse == 40 and failed_call > 0 and failed_parse > 0
     assert c.stats.failed == failed_call == server.statuses[500]
+
+
+# -- a paid reply is never lost to a cache write (issue 19, point 11) --------------------------------
+def _priced_client(server, tmp_path, monkeypatch, cache_dir, **kw):
+    monkeypatch.setenv("FAKE_KEY", SECRET)
+    cfg = ServiceConfig(model="openai/fake-teacher", api_base=server.url, api_key_env="FAKE_KEY", rpm=6000,
+                        max_retries=0, max_parse_retries=0, **kw)
+    ep = Endpoint(model=cfg.model, api_base=cfg.api_base, api_key_env=cfg.api_key_env, input_cost_per_mtok=100,
+                  output_cost_per_mtok=100)
+    return ServiceClient(ep, cfg, cache_dir, budget=BudgetConfig(max_usd=5), progress=False)
+
+
+def test_reply_with_a_lone_surrogate_is_charged_cached_and_free_on_rerun(tmp_path, monkeypatch):
+    """JSON lets a provider send "\\ud800" (no UTF-8 encoding exists for it): before, writing the
+    paid reply to the cache crashed the batch, so every re-run paid for it again."""
+    req = [Request([{"role": "user", "content": "What colour is the sky?"}])]
+    with FakeOpenAIServer(FakeBehaviour(plain_answer="blue \ud800 sky")) as server:
+        c1 = _priced_client(server, tmp_path, monkeypatch, tmp_path / "cache")
+        res = c1.run(req, lambda t: t)[0]
+        assert res.ok and res.value == "blue \ufffd sky" and c1.stats.cost_usd > 0
+        c2 = _priced_client(server, tmp_path, monkeypatch, tmp_path / "cache")
+        again = c2.run(req, lambda t: t)[0]
+    assert server.requests == 1 and c2.stats.cached == 1 and again.value == res.value
+    assert c2.stats.cost_usd == c1.stats.cost_usd, "the cached reply still carries what it cost"
+
+
+@pytest.mark.parametrize("how", ["cache-dir-is-a-file", "disk-full"])
+def test_unwritable_cache_stops_with_a_clear_error_after_charging(tmp_path, monkeypatch, how):
+    import errno
+
+    from llamaduo import service
+    from llamaduo.service import ReplyCacheError
+
+    cache = tmp_path / "cache"
+    if how == "cache-dir-is-a-file":
+        cache.write_text("not a directory")  # unwritable whoever runs the test (root ignores chmod)
+    else:
+        def full(*a, **kw):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(service, "atomic_write_text", full)
+    reqs = [Request([{"role": "user", "content": f"question {i}"}]) for i in range(4)]
+    with FakeOpenAIServer() as server:
+        client = _priced_client(server, tmp_path, monkeypatch, cache, max_concurrency=1)
+        with pytest.raises(ReplyCacheError) as err:
+            client.run(reqs, lambda t: t)
+    message = str(err.value)
+    assert "cache" in message and "re-run" in message and "charged" in message, message
+    assert server.requests == 1, "no further paid call once a reply could not be saved"
+    assert err.value.stats.calls == 1 and err.value.stats.cost_usd > 0, "the paid reply is charged"
+    assert SECRET not in message

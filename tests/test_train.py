@@ -106,3 +106,64 @@ def test_warm_start_continues_the_previous_adapter(spec, tmp_path):
     trainer.train()
     moved = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
     assert any(not torch.equal(loaded[n], moved[n]) for n in loaded), "the continued adapter trains"
+
+
+def _crash_after_step_3(monkeypatch, train_mod):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise RuntimeError("simulated crash after step 3")
+
+    real_build = train_mod.build_trainer
+
+    def crashing_build(s):
+        trainer = real_build(s)
+        trainer.add_callback(Crash())
+        return trainer
+
+    monkeypatch.setattr(train_mod, "build_trainer", crashing_build)
+    return real_build
+
+
+def test_a_checkpoint_resumes_only_the_configuration_that_wrote_it(spec, tmp_path, monkeypatch):
+    """Config A is interrupted; config B (another learning rate, same adapter path) trains from
+    step 0 and leaves A's checkpoint alone; A's re-run resumes it."""
+    import llamaduo.train as train_mod
+
+    a = spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": 2, "save_steps": 2})})
+    b = a.model_copy(update={"train": a.train.model_copy(update={"learning_rate": 1e-3})})
+    real_build = _crash_after_step_3(monkeypatch, train_mod)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_mod.train_lora(a)
+    monkeypatch.setattr(train_mod, "build_trainer", real_build)
+    assert train_mod.last_checkpoint(a).name == "checkpoint-2" and train_mod.last_checkpoint(b) is None
+
+    stats_b = train_mod.train_lora(b)
+    assert stats_b["resumed_from"] is None and stats_b["steps"] == 6, "B trains from step 0"
+    assert train_mod.last_checkpoint(a).name == "checkpoint-2", "B's finish leaves A's checkpoint for A's re-run"
+
+    stats_a = train_mod.train_lora(a)
+    assert stats_a["resumed_from"] == "checkpoint-2" and stats_a["steps"] == 6
+    assert not train_mod.checkpoints_root(a).exists(), "nothing left to resume"
+
+
+def test_checkpoint_key_follows_the_training_inputs(spec, tmp_path):
+    from llamaduo.store import atomic_write_jsonl
+    from llamaduo.train import checkpoint_key
+
+    key = checkpoint_key(spec)
+    # what cannot change the steps or the weights keeps the key (an OOM retry's micro-batch included)
+    assert checkpoint_key(spec.model_copy(update={"micro_batch": 2})) == key
+    assert checkpoint_key(spec.model_copy(update={"train": spec.train.model_copy(
+        update={"save_steps": 7, "subprocess": False})})) == key
+    moved = atomic_write_jsonl(tmp_path / "elsewhere.jsonl", ROWS)
+    assert checkpoint_key(spec.model_copy(update={"data_path": str(moved)})) == key, "rows count by content"
+    # what changes the training does not
+    other_rows = atomic_write_jsonl(tmp_path / "other.jsonl", ROWS[:-1])
+    for changed in (spec.model_copy(update={"data_path": str(other_rows)}),
+                    spec.model_copy(update={"system_prompt": "Be brief."}),
+                    spec.model_copy(update={"train": spec.train.model_copy(update={"lora_r": 8})}),
+                    spec.model_copy(update={"train": spec.train.model_copy(update={"max_steps": 2})})):
+        assert checkpoint_key(changed) != key
