@@ -142,7 +142,8 @@ def _invalid_text_field(value: Any, field: str = "") -> str | None:
             try:
                 name.encode("utf-8")
             except UnicodeEncodeError:  # the key itself: name it printably
-                return f"{field}.{ascii(name)}" if field else ascii(name)
+                printable = ascii(name)[1:-1]  # `\udc80` written out, without repr's quotes
+                return f"{field}.{printable}" if field else printable
             found = _invalid_text_field(item, f"{field}.{name}" if field else name)
             if found:
                 return found

@@ -80,3 +80,12 @@ def test_unknown_gate_metric_rejected():
 def test_standin_requires_pool():
     with pytest.raises(InputError, match="standin_pool"):
         config_from_dict({"data": {"path": "x"}, "service": {"model": "llamaduo-standin/teacher"}})
+
+
+def test_home_in_data_paths_is_expanded(tmp_path, monkeypatch):
+    """`~` means the home directory in data paths, as it does for student.model (so the deployment's
+    path check and the loader agree on where `~/x` points)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    cfg = load_config(_write(tmp_path, "data: {path: ~/d.jsonl}\nservice: {model: openai/gpt-4o-mini}\n"))
+    assert Path(cfg.data.path) == tmp_path / "home" / "d.jsonl"

@@ -92,3 +92,33 @@ def test_near_duplicates_within_batch_and_against_existing():
                 "government\n- Bad harvests and rising bread prices")
     kept, dropped = curate([near, other, dict(other, instruction=other["instruction"] + " now")], existing, [])
     assert kept == [other] and drop_counts(dropped) == {DROP_NEAR_DUPLICATE: 2}
+
+
+# -- short test items (any length) and task labels ------------------------------------------
+SHORT_TEST = [{"instruction": "Capital of France?", "response": "Paris"},
+              {"instruction": "Is 17 prime?", "response": "Yes, 17 is prime."}]
+
+
+def test_a_verbatim_copy_of_a_short_test_item_is_dropped():
+    """Fewer than 4 words used to be exempt from the exact check: a copied short item trained."""
+    copies = [row("Capital of France?", "Paris"),  # the whole item
+              row("capital  of FRANCE?", "It is Paris, on the Seine."),  # its instruction, re-cased
+              row("Which city hosts the Louvre museum?", "Paris"),  # its own answer
+              row("Is seventeen a prime number?", "yes, 17 is prime.")]  # another item's own answer
+    kept, dropped = curate(copies, TRAIN, SHORT_TEST)
+    assert not kept and drop_counts(dropped) == {DROP_TEST_OVERLAP: 4}
+
+
+@pytest.mark.parametrize("why,train,test", [
+    ("answers a coverage train row", [row("Review: I loved every minute of it.", "Positive")],
+     [row("Review: Dull and far too long.", "Negative"), row("Review: A joy from start to end.", "Positive")]),
+    ("answers more than one test item", [row("Review: I loved every minute of it.", "Happy")],
+     [row("Review: Dull and far too long.", "Positive"), row("Review: A joy from start to end.", "Positive")]),
+    ("is an option the instruction lists", [row("Positive or negative? I loved it.", "Happy")],
+     [row("Positive or negative? A joy from start to end.", "Positive")]),
+])
+def test_a_shared_label_is_not_a_copy_of_a_test_item(why, train, test):
+    cands = [row("Review: the acting was superb and the music lifted every scene.", "Positive"),
+             row("Review: my kids begged to watch it again the very next day.", "Positive")]
+    kept, dropped = curate(cands, train, test)
+    assert kept == cands and not dropped, f"'Positive' {why}: a label, not one item's own answer"

@@ -221,7 +221,8 @@ def test_without_a_validation_split_selection_says_it_uses_the_test_split():
 def test_selection_warnings_for_missing_and_small_validation_splits():
     from llamaduo.gate import MIN_VAL_ROWS_TO_CHOOSE, selection_warnings
 
-    assert any("test split" in w for w in selection_warnings(0, "failure"))
+    none = selection_warnings(0, "failure")
+    assert len(none) == 1 and "compare test scores" in none[0] and "uniform" in none[0]
     small = selection_warnings(4, "uniform")
     assert len(small) == 1 and "4 rows" in small[0] and "data.val_size" in small[0]
     assert selection_warnings(MIN_VAL_ROWS_TO_CHOOSE, "failure") == []
@@ -232,7 +233,11 @@ def test_validate_warns_that_a_small_validation_split_cannot_choose_between_roun
 
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"instruction": f"question number {i}?", "response": "a"})
                                               + "\n" for i in range(55)))
-    (tmp_path / "c.yaml").write_text(f"data: {{path: {tmp_path / 'd.jsonl'}}}\nservice: {{model: m}}\n")
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "config.json").write_text("{}")
+    (tmp_path / "c.yaml").write_text(f"data: {{path: {tmp_path / 'd.jsonl'}}}\n"
+                                     "service: {model: openai/local-teacher, api_base: 'http://127.0.0.1:9/v1'}\n"
+                                     f"student: {{model: {tmp_path / 'student'}}}\nbudget: {{max_usd: 0}}\n")
     assert main(["validate", str(tmp_path / "c.yaml")]) == 0
     out = capsys.readouterr().out
     assert "warning:" in out and "validation split has only 4 rows" in out, out

@@ -305,3 +305,16 @@ def test_accepted_path_overrides_load_inside_the_project(project, parts, absolut
     finally:
         os.chdir(cwd)
     assert loaded == project.resolve() or project.resolve() in loaded.parents, (override, loaded)
+
+
+@pytest.mark.parametrize("student", ["~/x", "~root/models/x", "../x", "/etc", "'/etc'"])
+def test_deployment_flow_refuses_a_student_path_outside_the_project(prefect_harness, monkeypatch, student):
+    from flows.form import RunSettings
+    from flows.migrate import migrate_config_file
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(InputError, match="inside the project") as e:
+        migrate_config_file("configs/demo.yaml", settings=RunSettings(student_model=student),
+                            workdir="runs/never-created")
+    assert e.value.field == "student.model"
+    assert not (ROOT / "runs" / "never-created").exists()
