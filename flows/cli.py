@@ -46,8 +46,9 @@ def plan(cfg, pf) -> str:
         f"+ {est['judge_calls']} judge calls (test + validation, x samples x repeats) = ~{est['calls']} calls, "
         f"~{est['prompt_tokens']} prompt + ~{est['completion_tokens']} completion tokens, {cost}",
         f"up to {rounds} rounds: at most ~{est['run_calls_max']} calls{total}{baselines}",
-        f"gate: {cfg.gate.metric} >= {cfg.gate.threshold} (on at least {cfg.gate.min_judged_share:.0%} of test "
-        f"items judged); budget caps: {cfg.budget.max_calls} calls, ${cfg.budget.max_usd:g}",
+        f"gate: {cfg.gate.metric} >= {cfg.gate.threshold} (with at least {cfg.gate.min_judged_share:.0%} of the "
+        f"requested judgements valid: test items x {cfg.infer.samples_per_prompt} samples x {cfg.judge.repeats} "
+        f"repeats); budget caps: {cfg.budget.max_calls} calls, ${cfg.budget.max_usd:g}",
     ]
     lines += [f"warning: {w}" for w in pf.warnings]
     return "\n".join(lines)

@@ -35,8 +35,18 @@ def round_markdown(entry: RoundRecord, previous: RoundRecord | None, baselines: 
               f"- dropped in curation: {', '.join(f'{k} {v}' for k, v in sorted(entry.dropped.items())) or 'none'}",
               f"- service: {sv.calls} calls ({sv.cached} cached, {sv.failed} failed, {sv.retries} retries), "
               f"${sv.cost_usd:.4f}",
-              f"- judged: {ev.judged_items} of {ev.items} test items ({ev.parse_failures} unparseable replies, "
-              f"{ev.call_failures} failed calls)", ""]
+              f"- judged: {ev.judged_items} of {ev.items} test items; {ev.valid_judgments} of "
+              f"{ev.requested_judgments} requested judgements valid (judged share {ev.judged_share:.0%}; "
+              f"{ev.parse_failures} unparseable replies, {ev.call_failures} failed calls)"]
+    if entry.val_evaluation is not None:
+        v = entry.val_evaluation
+        lines.append(f"- validation: {v.judged_items} of {v.items} items judged; {v.valid_judgments} of "
+                     f"{v.requested_judgments} judgements valid")
+    if entry.selection_split:
+        lines.append(f"- keep-best and plateau compare rounds on the **{entry.selection_split}** split"
+                     + (" (no validation split: the test split also chooses)" if entry.selection_split == "test"
+                        else f" ({len(entry.selection_items)} items)"))
+    lines.append("")
     cols = ["this round"] + (["validation"] if entry.val_metrics else []) + (["previous"] if previous else []) + \
         list(baselines)
     lines += ["## Metrics (test split)", "", "| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

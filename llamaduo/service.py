@@ -476,7 +476,10 @@ class ServiceClient:
                 why = "the service is failing" if self.tripped else "the reply cache cannot be written"
                 return None, Result(False, error=f"not sent: {why}", kind="skipped")
             worst = self.attempt_cost_usd(req)
-            tokens = prompt_token_bound(self.endpoint.model, req.messages) + req.max_tokens
+            # Pacing, not money: the provider's likely count (its tokenizer, else ~4 characters a token).
+            exact = model_tokenizer(self.endpoint.model) is not None
+            tokens = (prompt_token_bound(self.endpoint.model, req.messages) if exact else
+                      req.approx_prompt_tokens()) + req.max_tokens
             reason = None
             for attempt_no in range(self.limits.max_retries + 1):
                 # inside the semaphore: every attempt in flight is reserved

@@ -24,11 +24,27 @@ _LOOKALIKES = {
     # Latin letters outside ASCII that read as ASCII ones
     "ı": "i", "ȷ": "j", "ɑ": "a", "ɡ": "g", "ɩ": "i", "ʏ": "y",
 }
-_LOOKALIKE_TABLE = str.maketrans(_LOOKALIKES)
 # Invisible characters that are letters or symbols, not format characters (Hangul fillers).
 _INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0")
-_DROPPED_CATEGORIES = frozenset({"Mn", "Me", "Cf"})  # combining marks; format characters (ZWSP, soft hyphen, BOM,
-# bidi marks, joiners)
+# Combining marks (accents), and format characters (ZWSP, ZWJ/ZWNJ, soft hyphen, BOM, bidi marks).
+_DROPPED_CATEGORIES = frozenset({"Mn", "Me", "Cf"})
+
+
+class _MatchTable(dict):
+    """`str.translate` table, filled as characters are first seen: dropped characters map to None,
+    look-alikes to their Latin letter, everything else to itself (one C-speed pass per step)."""
+
+    def __missing__(self, codepoint: int):
+        ch = chr(codepoint)
+        if ch in _INVISIBLE or unicodedata.category(ch) in _DROPPED_CATEGORIES:
+            out = None
+        else:
+            out = _LOOKALIKES.get(ch, codepoint)
+        self[codepoint] = out
+        return out
+
+
+_MATCH_TABLE = _MatchTable()
 
 
 def match_key(text: str) -> str:
@@ -40,11 +56,11 @@ def match_key(text: str) -> str:
     item cannot slip into training by invisible or look-alike edits."""
     if text.isascii():  # nothing to decompose, drop or map
         return _WS.sub(" ", text.casefold()).strip()
-    text = text.translate(_LOOKALIKE_TABLE)  # before NFKD too: it turns lunate sigma "ϲ" into "ς"
-    text = unicodedata.normalize("NFKD", text).translate(_LOOKALIKE_TABLE)
-    text = unicodedata.normalize("NFKD", text.casefold())  # casefold can compose (e.g. U+0130) or map further
-    text = "".join(c for c in text if c not in _INVISIBLE and unicodedata.category(c) not in _DROPPED_CATEGORIES)
-    return _WS.sub(" ", text.translate(_LOOKALIKE_TABLE)).strip()
+    # Map before NFKD too (it turns lunate sigma "ϲ" into "ς") and before casefolding (which turns
+    # Cyrillic "В", a look-alike of B, into "в"); again after each, for what they produce.
+    text = unicodedata.normalize("NFKD", text.translate(_MATCH_TABLE)).translate(_MATCH_TABLE)
+    text = unicodedata.normalize("NFKD", text.casefold()).translate(_MATCH_TABLE)
+    return _WS.sub(" ", text).strip()
 
 
 def normalize(text: str) -> str:

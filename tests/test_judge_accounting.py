@@ -20,6 +20,7 @@ from llamaduo.records import Artifact, Evaluation, GateDecision, RoundRecord, Se
 from llamaduo.service import Result, failing_reason
 from llamaduo.store import atomic_write_jsonl, read_jsonl
 from tests.fake_service import FakeBehaviour, FakeOpenAIServer
+from tests.test_decisions import small_run  # noqa: F401 - the fixture, for the end-to-end test
 
 KEY = "sk-accounting-secret-123456"
 GOOD = {"similarity": 90, "precision": 90, "reason": ""}
@@ -66,7 +67,8 @@ def test_ten_valid_judgements_of_120_are_a_judged_share_of_one_in_twelve(tmp_pat
     record = Evaluation.of(ev)  # what the round entry of summary.json carries
     assert (record.judged_items, record.valid_judgments, record.requested_judgments) == (10, 10, 120)
     assert record.judged_share == pytest.approx(0.0833, abs=1e-4)
-    assert all(row["judge_requested"] == 12 and row["judge_valid"] == 1 for row in read_jsonl(tmp_path / "judged.jsonl"))
+    rows = read_jsonl(tmp_path / "judged.jsonl")
+    assert all(row["judge_requested"] == 12 and row["judge_valid"] == 1 for row in rows)
 
 
 # -- 3. the service baseline is judged only on answers it gave --------------------------------------
@@ -270,3 +272,42 @@ def test_tempered_weights_stay_positive_and_never_sharper_than_the_raw_ones(weig
 
     out = temper_weights(weights, n)
     assert min(out) > 0 and max(out) / min(out) <= max(weights) / min(weights) + 1e-9
+
+
+# -- end to end: a thinly judged round does not pass, and summary.json says how thin ----------------
+
+@pytest.mark.slow
+def test_run_with_mostly_invalid_judgements_is_not_evaluable_and_summary_counts_judgements(small_run):
+    """samples 2 x repeats 3 per test item and half of the judge's replies unusable: nearly every
+    item still has one valid judgement (the old item-based share was ~1.0 and a threshold of 1
+    passed), but only about half of the requested judgements are valid."""
+    import yaml
+
+    from tests.test_decisions import KEY as DKEY
+    from tests.test_decisions import POOL, _cli
+
+    tmp_path, config = small_run
+    config["judge"] = {"model": None, "embedding_model": None, "repeats": 3, "temperature": 0.5,
+                       "service_baseline": True}
+    config["infer"].update({"samples_per_prompt": 2})
+    config["service"].update({"max_failure_rate": 1.0, "max_concurrency": 1})
+    config["gate"].update({"threshold": 1, "max_rounds": 1, "baseline": False, "min_judged_share": 0.9})
+    config["budget"]["max_calls"] = 2000
+    with FakeOpenAIServer(FakeBehaviour(p_judge_malformed=0.5, judge_good_first=1, seed=3, pool=POOL)) as server:
+        config["service"]["api_base"] = server.url
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+        out = _cli(["run", str(tmp_path / "run.yaml"), "--workdir", str(tmp_path / "w")], {"FAKE_SERVICE_KEY": DKEY},
+                   timeout=600)
+    assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-3000:]
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    entry = summary["rounds"][-1]
+    ev = entry["evaluation"]
+    assert ev["requested_judgments"] == 4 * 2 * 3 and ev["valid_judgments"] < 0.9 * ev["requested_judgments"]
+    assert ev["judged_share"] == round(ev["valid_judgments"] / ev["requested_judgments"], 4)
+    assert ev["judged_items"] >= 3, "most items have a valid judgement: the old share would have passed"
+    assert entry["gate"]["passed"] is False and "not evaluable" in entry["gate"]["reason"]
+    assert entry["selection_split"] == "validation" and entry["val_evaluation"]["requested_judgments"] == 2 * 2 * 3
+    base = summary["baseline_evaluations"]["service LLM"]
+    assert base["requested_judgments"] == 4 * 3 and base["unanswered_items"] == 0
+    report = (tmp_path / "w" / "rounds" / "round_01" / "report.md").read_text()
+    assert f"{ev['valid_judgments']} of {ev['requested_judgments']} requested judgements valid" in report

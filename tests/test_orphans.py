@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,16 +29,22 @@ def _rows(n, start=0):
 
 class HoldingServer(FakeOpenAIServer):
     """The fake service, able to hold synthesis requests unanswered (`hold` set): a kill then lands
-    while requests are in flight, and every reply the run received was received well before it."""
+    while requests are in flight, and every reply the run received was received well before it.
+    A held request is answered after the kill, into a socket of a dead process, and counts as
+    paid (as a provider would bill it): only those may be paid again by the re-run."""
 
     def __init__(self, behaviour):
         super().__init__(behaviour)
         self.hold, self.release, self.holding = threading.Event(), threading.Event(), threading.Event()
+        self.held: set[str] = set()  # prompts in flight at the kill
+        self.prompts: Counter = Counter()  # prompt -> requests received
 
     def reply_text(self, prompt):
+        self.prompts[prompt] += 1
         if self.hold.is_set() and '"contents"' in prompt and "Language Model Response" not in prompt:
+            self.held.add(prompt)
             self.holding.set()
-            self.release.wait()  # answered after the kill: the client is gone, so it is never delivered
+            self.release.wait()
         return super().reply_text(prompt)
 
 
@@ -123,13 +130,16 @@ def test_sigkill_of_the_cli_ends_the_run_and_the_rerun_pays_nothing_twice(tmp_pa
         time.sleep(1.0)
         took_train = _kill_group_and_wait(proc, workdir)
 
-        # 3. the same command finishes the run, paying for no reply a second time
+        # 3. the same command finishes the run, paying for no received reply a second time
         resumed = _start(cfg_path, workdir)
         _, err = resumed.communicate(timeout=600)
         assert resumed.returncode == 3, err[-3000:]
         summary = json.loads((workdir / "summary.json").read_text())
         assert [r["round"] for r in summary["rounds"]] == [1]
         repeated = [b for b, c in server.answered.items() if c > 1]
+        asked_again = {p for p, c in server.prompts.items() if c > 1}
         print(f"\nno process left {took_synth:.1f} s after SIGKILL mid-synthesis, {took_train:.1f} s mid-training; "
-              f"{sum(server.answered.values())} replies paid, {len(repeated)} twice")
-        assert repeated == [], f"{len(repeated)} replies paid twice"
+              f"{sum(server.answered.values())} replies paid, {len(repeated)} twice "
+              f"(requests in flight at the kill: {len(server.held)})")
+        assert asked_again <= server.held, "a reply the run had received was asked for again"
+        assert len(repeated) <= len(server.held) <= cfg["service"]["max_concurrency"]
