@@ -4,10 +4,11 @@ charge its spending, and turn its budget / circuit-breaker verdicts into loop st
 from __future__ import annotations
 
 from llamaduo.config import RunConfig
-from llamaduo.gate import STOP_BUDGET, STOP_SERVICE_FAILING
+from llamaduo.gate import STOP_BUDGET, STOP_CACHE_WRITE_FAILED, STOP_SERVICE_FAILING
 from llamaduo.gate import decide, selection_split
 from llamaduo.judge import parity
 from llamaduo.metrics import BASELINE_SERVICE, METRICS
+from llamaduo.service import ReplyCacheError
 from llamaduo.records import (AnswersResult, Artifact, EvalResult, Evaluation, RoundRecord, ServiceStats,
                               SplitResult, StudentRef)
 from tasks._policy import run_stage
@@ -18,7 +19,11 @@ from .state import LoopState, StopLoop
 
 def service_stage(state: LoopState, task, out: str, /, **params):
     """Run a service-calling stage; its spending is charged even when it stops the loop."""
-    result, fresh = run_stage(task, out, spent=state.spent, **params)
+    try:
+        result, fresh = run_stage(task, out, spent=state.spent, **params)
+    except ReplyCacheError as exc:  # paid replies that could not be saved: charged, and the loop stops
+        state.charge(exc.stats, True)
+        raise StopLoop(STOP_CACHE_WRITE_FAILED, str(exc)) from None
     state.charge(result.service, fresh)
     if result.budget_hit:
         raise StopLoop(STOP_BUDGET, f"budget reached in {task.name} ({out})")

@@ -6,4 +6,4 @@ The library holds the logic and explicit I/O; it never imports Prefect
 
 __version__ = "0.1.0"
 # Bumped whenever a stage's output for the same inputs changes: part of every cache key.
-CODE_VERSION = "5"  # 5: lean CPU training, length-sorted inference batches
+CODE_VERSION = "6"  # 6: judgement counts per item, match_key curation, baseline answers only when given

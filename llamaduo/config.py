@@ -28,7 +28,8 @@ FILE = {"file": True}
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No .inf/nan anywhere: an infinite size, rate or cap is never what a user meant (exit 2, field named).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     def fingerprint(self) -> dict:
         """What of this section determines a stage's output: operational fields dropped,

@@ -79,6 +79,7 @@ STOP_MAX_ROUNDS = "max_rounds"
 STOP_BUDGET = "budget"
 STOP_PLATEAU = "plateau"
 STOP_SERVICE_FAILING = "service_failing"
+STOP_CACHE_WRITE_FAILED = "cache_write_failed"  # paid replies could not be saved: exit 1, fix the disk
 STOP_INTERRUPTED = "interrupted"
 STOP_NO_NEW_ROWS = "no_new_rows"  # a warm-started round kept no new rows: nothing to train on
 

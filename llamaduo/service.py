@@ -559,7 +559,7 @@ class ServiceClient:
         bar = tqdm(total=len(requests), desc=desc, unit="call", disable=None if self.progress else True, leave=False)
         done, failed = 0, 0
         # The breaker looks at a handful of finished calls before judging the provider.
-        min_seen = min(len(requests), max(4, self.limits.max_concurrency))
+        min_seen = min(len(requests), max(self.limits.min_calls_for_breaker, self.limits.max_concurrency))
 
         async def tracked(r: Request) -> Result:
             nonlocal done, failed

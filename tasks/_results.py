@@ -20,6 +20,8 @@ from typing import Any, Literal
 from prefect.serializers import Serializer
 from pydantic import BaseModel, Field
 
+from llamaduo.redact import safe_message
+
 SERIALIZER_TYPE = "llamaduo-json"
 
 
@@ -45,7 +47,7 @@ def _encode(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, BaseException):  # a failed run's state: kept as text, rebuilt as a plain error
-        return {"__exception__": type(obj).__name__, "message": str(obj)[:2000]}
+        return {"__exception__": type(obj).__name__, "message": safe_message(str(obj), 2000)}
     raise TypeError(f"cannot persist {type(obj).__name__} as a result")
 
 
