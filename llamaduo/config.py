@@ -452,7 +452,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise InputError(f"cannot set {key!r}: {part!r} is not a section", field=key)
-        node[parts[-1]] = _parse_scalar(value)
+        try:
+            node[parts[-1]] = _parse_scalar(value)
+        except yaml.YAMLError as exc:
+            raise InputError(f"not a valid YAML value: {getattr(exc, 'problem', None) or 'parse error'}",
+                             field=key.strip()) from None
     return raw
 
 
@@ -531,8 +535,9 @@ def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
 NEVER_OVERRIDABLE = ("service.api_base", "service.api_key_env", "judge.api_base", "judge.api_key_env",
                      "service.model", "judge.model", "service.standin_pool")
 PATH_KEYS = ("data.path", "data.test_path", "synth.prompt_template", "judge.prompt_template", "student.model")
-DEFAULT_RUN_OVERRIDES = ("name", "gate.*", "budget.*", "synth.rows_per_round", "synth.pairs_per_request",
-                         "synth.max_waves", "train.epochs", "train.learning_rate", "train.batch_size",
+DEFAULT_RUN_OVERRIDES = ("name", "gate.metric", "gate.threshold", "gate.max_rounds", "gate.plateau_rounds",
+                         "gate.plateau_margin", "gate.baseline", "gate.use_ci_lower", "budget.*",
+                         "synth.rows_per_round", "synth.pairs_per_request", "synth.max_waves", "train.epochs", "train.learning_rate", "train.batch_size",
                          "train.grad_accum", "train.lora_r", "train.lora_alpha", "train.lora_dropout",
                          "train.max_steps", "train.warm_start", "train.replay_ratio", "infer.max_new_tokens",
                          "infer.batch_size", "infer.backend", "judge.repeats")

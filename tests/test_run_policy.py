@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
     ("service.model=openai/gpt-4o", "service.model"),
     ("data.path=/etc/passwd", "data.path"),
     ("train.subprocess=false", "train.subprocess"),
+    # keys that loosen the gate without touching its threshold (the operator's floor)
+    ("gate.combine=any", "gate.combine"),
+    ("gate.min_judged_share=0", "gate.min_judged_share"),
+    ("gate.min_share=0", "gate.min_share"),
 ])
 def test_refused_overrides_name_the_key(override, field):
     with pytest.raises(InputError, match=field.replace(".", r"\.")):
