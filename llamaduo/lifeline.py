@@ -51,6 +51,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a dead child its parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _signal_all(pids: list[int], sig: int) -> None:
     for p in pids:
         try:
@@ -65,7 +73,7 @@ def end_process_tree(grace_s: float = 2.0) -> None:
     below = descendants(os.getpid())
     _signal_all(below, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in below):
+    while time.monotonic() < deadline and any(_running(p) for p in below):
         time.sleep(0.05)
     _signal_all(descendants(os.getpid()), signal.SIGKILL)
     if os.getpgid(0) == os.getpid():
