@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from llamaduo.redact import redact
+
 EXIT_PASSED, EXIT_FAILURE, EXIT_INPUT, EXIT_NOT_PASSED, EXIT_SERVICE_FAILING = 0, 1, 2, 3, 4
 
 
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             run_lock = lock_run_dir(workdir)
             pf.probe = probe_endpoints(cfg, pf.splits, workdir / "cache" / "service")
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)  # Hub and provider errors may echo a key
         return EXIT_INPUT
     print(plan(cfg, pf))
     if args.command == "validate":
@@ -250,10 +252,10 @@ def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int |
     except stop_signals as exc:
         return _stopped_by_signal(exc)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)  # Hub and provider errors may echo a key
         return EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - reported, exit 1
-        from llamaduo.redact import redact, secret_values
+        from llamaduo.redact import secret_values
 
         secrets = secret_values([cfg.service.api_key_env, cfg.judge.api_key_env])
         print(redact(f"error: run failed: {type(exc).__name__}: {exc}", secrets), file=sys.stderr)
@@ -273,8 +275,10 @@ def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int |
               f"model card: {result['final_model_dir']}/README.md)")
     if result["passed"]:
         return EXIT_PASSED
-    from llamaduo.gate import STOP_NO_NEW_ROWS, STOP_SERVICE_FAILING
+    from llamaduo.gate import STOP_CACHE_WRITE_FAILED, STOP_NO_NEW_ROWS, STOP_SERVICE_FAILING
 
+    if result["stop_reason"] == STOP_CACHE_WRITE_FAILED:  # paid replies unsaved: the machine needs fixing
+        return EXIT_FAILURE
     return EXIT_SERVICE_FAILING if result["stop_reason"] in (STOP_SERVICE_FAILING, STOP_NO_NEW_ROWS) \
         else EXIT_NOT_PASSED
 

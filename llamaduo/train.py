@@ -282,7 +282,10 @@ def _train_here_or_in_child(spec: TrainSpec, subprocess_mode: bool) -> dict:
         raise
     if returncode != 0 or not result_path.is_file():
         text = tail.decode("utf-8", "replace").replace("\r", "\n")
-        raise TrainingFailed(f"training process exited with {returncode}:\n" + "\n".join(text.splitlines()[-15:]))
+        from .redact import redact
+
+        raise TrainingFailed(redact(f"training process exited with {returncode}:\n"
+                                    + "\n".join(text.splitlines()[-15:])))
     return read_json(result_path)
 
 

@@ -36,8 +36,10 @@ def generate_vllm(base_model: str, adapter_dir: str | None, ids: list[list[int]]
         proc = subprocess.run([sys.executable, "-m", "llamaduo.vllm_backend", str(Path(tmp) / "request.json"),
                                str(Path(tmp) / "result.json")], stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0 or not (Path(tmp) / "result.json").is_file():
-            raise VLLMFailed(f"vLLM generation exited with {proc.returncode}:\n"
-                             + "\n".join(proc.stderr.splitlines()[-15:]))
+            from .redact import redact
+
+            raise VLLMFailed(redact(f"vLLM generation exited with {proc.returncode}:\n"
+                                    + "\n".join(proc.stderr.splitlines()[-15:])))
         result = read_json(Path(tmp) / "result.json")
     return result["answers"], result["new_tokens"]
 
