@@ -98,20 +98,10 @@ def _stopped_by_signal(exc: BaseException) -> int:
 
 
 def _stop_children() -> None:
-    """Terminate this process's children (the temporary Prefect server, a training process)."""
-    import signal
+    """Terminate this process's descendants (the temporary Prefect server, a training process)."""
+    from llamaduo.lifeline import terminate_descendants
 
-    me = str(os.getpid())
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me:  # field 4 of /proc/PID/stat: the parent pid
-            try:
-                os.kill(int(stat.parent.name), signal.SIGTERM)
-            except OSError:
-                pass
+    terminate_descendants()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,8 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
             raise
         raise InputError(f"sets {exc}", field=form_field) from None
     workdir = workdir or str(Path("runs") / cfg.name)
+    # Taken before the paid probe (as the CLI does): two runs on one directory never both pay for it.
+    run_lock = lock_run_dir(workdir)  # noqa: F841 - held by this process; `migrate` finds it held
     pf = preflight(cfg, Path(workdir))
     for w in pf.warnings:
         get_run_logger().warning(w)

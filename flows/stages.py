@@ -72,7 +72,7 @@ def service_share(cfg: RunConfig, state: LoopState) -> float | None:
         return None
     if METRICS[cfg.gate.metric].judge:
         return ev.judged_share
-    return (ev.items - ev.unanswered_items) / ev.items if ev.items else 0.0
+    return ev.answered_share
 
 
 def round_record(cfg: RunConfig, state: LoopState, round_no: int, ev: EvalResult, inf: AnswersResult,

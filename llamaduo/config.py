@@ -594,20 +594,29 @@ def check_run_overrides(overrides: list[str], allowed: list[str] | tuple[str, ..
                              ".. and symlinks)", field=key)
 
 
+DEFAULT_GATE_FLOORS = {"judge_score": 50.0, "judge_similarity": 50.0, "judge_precision": 50.0,
+                       "rougeL": 0.2, "exact_match": 0.2, "embedding_cosine": 0.5}
+
+
 class RunCeilings(BaseModel):
     """The operator's ceilings on what a deployment run may ask for (`llamaduo_run_ceilings` in
     deployments/prefect.yaml): the effective config of every deployment run is refused above them.
-    null = no ceiling; a gate metric missing from `min_gate_threshold` has no floor."""
-    model_config = ConfigDict(extra="forbid")
+    null = no ceiling; a gate metric missing from `min_gate_threshold` keeps its default floor (a
+    run could otherwise switch `gate.metric` to an unlisted metric and gate at 0)."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_usd: float | None = Field(25.0, ge=0, description="Highest budget.max_usd a run may set.")
     max_calls: int | None = Field(5000, gt=0, description="Highest budget.max_calls a run may set.")
     max_rounds: int | None = Field(10, gt=0, description="Highest gate.max_rounds a run may set.")
     min_gate_threshold: dict[str, float] = Field(
-        default_factory=lambda: {"judge_score": 50.0, "judge_similarity": 50.0, "judge_precision": 50.0,
-                                 "rougeL": 0.2, "exact_match": 0.2, "embedding_cosine": 0.5},
+        default_factory=lambda: dict(DEFAULT_GATE_FLOORS),
         description="Lowest gate.threshold per gate metric, on that metric's scale (with gate.combine: any, also "
-                    "gate.min_item_score).")
+                    "gate.min_item_score); metrics not listed keep the default floor.")
+
+    @field_validator("min_gate_threshold", mode="before")
+    @classmethod
+    def _over_defaults(cls, v):
+        return {**DEFAULT_GATE_FLOORS, **v} if isinstance(v, dict) else v
 
     @field_validator("min_gate_threshold")
     @classmethod

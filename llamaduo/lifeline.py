@@ -84,6 +84,22 @@ def end_process_tree(grace_s: float = 2.0) -> None:
     os._exit(128 + signal.SIGKILL)
 
 
+def terminate_descendants() -> None:
+    """SIGTERM to every process below this one (the temporary Prefect server, a training process)."""
+    _signal_all(descendants(os.getpid()), signal.SIGTERM)
+
+
+def watch_parent_pid(parent_pid: int, on_parent_gone, poll_s: float = 2.0) -> None:
+    """Call `on_parent_gone` once this process's parent is no longer `parent_pid` (checked at once,
+    then every `poll_s`): the portable fallback where no death signal or pipe is available."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        on_parent_gone()
+
+    threading.Thread(target=watch, name="parent-pid-watch", daemon=True).start()
+
+
 class ParentLifeline:
     """In a child: end `on_parent_gone` (by default: this whole process tree) when the parent dies.
 

@@ -48,22 +48,29 @@ def materialize_smollm2() -> Path:
     return dest
 
 
-def check_student(name: str) -> None:
-    """Preflight: the student can be resolved, without loading or converting anything; a Hub id is
-    looked up on the Hub (or, with HF_HUB_OFFLINE=1, in the local cache) before anything is spent."""
+def _student_kind(name: str) -> str:
+    """`smollm2`, `dir` (a model directory) or `hub` (an id to look up); anything else is an input error."""
     if name == SMOLLM2:
-        _smollm2_gguf_dir()
-        return
+        return "smollm2"
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise InputError("not a model directory (no config.json)", file=str(p), field="student.model")
-        return
+        return "dir"
     if name.count("/") == 1 and not p.exists():
-        check_hub_model(name)
-        return
+        return "hub"
     raise InputError(f"student model {name!r} is not '{SMOLLM2}', a model directory or a Hub id",
                      field="student.model")
+
+
+def check_student(name: str) -> None:
+    """Preflight: the student can be resolved, without loading or converting anything; a Hub id is
+    looked up on the Hub (or, with HF_HUB_OFFLINE=1, in the local cache) before anything is spent."""
+    kind = _student_kind(name)
+    if kind == "smollm2":
+        _smollm2_gguf_dir()
+    elif kind == "hub":
+        check_hub_model(name)
 
 
 def _hub_offline() -> bool:
@@ -134,19 +141,12 @@ def check_hub_model(repo_id: str) -> None:
 
 
 def resolve_student(name: str) -> str:
-    """A path (or Hub id) transformers can load."""
-    check_student(name)
-    if name == SMOLLM2:
+    """A path (or Hub id) transformers can load. A Hub id is not looked up again here: the preflight
+    did, and a brief Hub outage mid-run must not turn into an input error."""
+    kind = _student_kind(name)
+    if kind == "smollm2":
         return str(materialize_smollm2())
-    p = Path(name).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise InputError("not a model directory (no config.json)", file=str(p), field="student.model")
-        return str(p.resolve())
-    if name.count("/") == 1 and not p.exists():
-        return name  # a Hub id; needs a network connection
-    raise InputError(f"student model {name!r} is not '{SMOLLM2}', a model directory or a Hub id",
-                     field="student.model")
+    return str(Path(name).expanduser().resolve()) if kind == "dir" else name
 
 
 def device() -> str:

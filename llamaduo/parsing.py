@@ -20,6 +20,27 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _DECODER = json.JSONDecoder()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(text: str) -> str:
+    """Text as well-formed Unicode: a lone surrogate (JSON allows the escape "\\ud800", UTF-8
+    cannot encode it) becomes U+FFFD, so a reply can be cached, hashed and written like any other."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _well_formed_value(obj):
+    """A decoded JSON value with every string (keys too) well-formed: the escape "\\ud800" inside a
+    reply's JSON decodes to a lone surrogate that no output file could be written with."""
+    if isinstance(obj, str):
+        return well_formed(obj)
+    if isinstance(obj, list):
+        return [_well_formed_value(v) for v in obj]
+    if isinstance(obj, dict):
+        return {_well_formed_value(k): _well_formed_value(v) for k, v in obj.items()}
+    return obj
+
+
 def _strict_objects(text: str) -> list:
     """Every JSON object or array that parses strictly at some `{` or `[` of `text`, nested ones
     included, in order of position."""
@@ -72,21 +93,7 @@ def json_candidates(text: str) -> tuple[list, list]:
             continue
         if isinstance(obj, (dict, list)) and obj and obj not in strict:
             repaired.append(obj)
-    return strict, repaired
-
-
-def extract_json(text: str) -> object:
-    """One JSON object in `text`: a fenced block's, else the first strict one, else a repaired
-    one. Parsers use `json_candidates` instead, which sees every object."""
-    strict, repaired = json_candidates(text)
-    for block in (m.group(1).strip() for m in _FENCE.finditer(text)):
-        try:
-            return json.loads(block)
-        except json.JSONDecodeError:
-            pass
-    if strict or repaired:
-        return (strict or repaired)[0]
-    raise ValueError("no JSON object found")
+    return [_well_formed_value(o) for o in strict], [_well_formed_value(o) for o in repaired]
 
 
 class SynthPair(BaseModel):
@@ -172,7 +179,7 @@ class _Assessment(BaseModel):
             f = _score_from_text(v) if isinstance(v, str) else float(v)
         except ValueError as exc:
             msg = str(exc) if str(exc).startswith("score") else f"score must be a number from 1 to 100, got {v!r}"
-            raise ValueError(msg[:120]) from None
+            raise ValueError(msg) from None  # cut later, after redaction (service.safe_message)
         if f != f or f in (float("inf"), float("-inf")):
             raise ValueError("score must be a finite number")
         if f != int(f):

@@ -138,10 +138,6 @@ class EvalResult(ServiceStageResult):
         """Valid judgements / requested judgements (not items: one valid repeat of twelve is 1/12)."""
         return self.valid_judgments / self.requested_judgments if self.requested_judgments else 0.0
 
-    @property
-    def answered_share(self) -> float:
-        return (self.items - self.unanswered_items) / self.items if self.items else 0.0
-
 
 class ExportResult(StageResult):
     model: Artifact
@@ -176,6 +172,11 @@ class Evaluation(_Record):
     unanswered_items: int = 0
     parse_failures: int = 0
     call_failures: int = 0
+
+    @property
+    def answered_share(self) -> float:
+        """Items that got an answer to judge (a service baseline's failed calls are not answers)."""
+        return (self.items - self.unanswered_items) / self.items if self.items else 0.0
 
     @classmethod
     def of(cls, ev: EvalResult) -> "Evaluation":

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import re
 import time
 import unicodedata
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from urllib.parse import urlparse
 
 from .config import BudgetConfig, Endpoint, ServiceConfig, provider_of
 from .errors import InputError
+from .parsing import well_formed
 from .records import ServiceStats
 from .redact import redact, safe_message, secret_values
 from .store import atomic_write_text, sha256_json
@@ -144,15 +144,6 @@ def prompt_token_bound(model: str, messages: list[dict], schema: dict | None = N
     if schema is not None:
         total += MESSAGE_OVERHEAD_TOKENS + utf8_token_bound(json.dumps(schema, ensure_ascii=False))
     return total
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def well_formed(text: str) -> str:
-    """A reply as well-formed Unicode: a lone surrogate (JSON allows the escape "\\ud800", UTF-8
-    cannot encode it) becomes U+FFFD, so the reply can be cached, hashed and written like any other."""
-    return _SURROGATE.sub("\ufffd", text)
 
 
 @dataclass

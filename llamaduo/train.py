@@ -284,8 +284,9 @@ def _train_here_or_in_child(spec: TrainSpec, subprocess_mode: bool) -> dict:
         text = tail.decode("utf-8", "replace").replace("\r", "\n")
         from .redact import redact
 
+        # The tail's first line may start mid-key (cut at 6,000 bytes): it is dropped before redaction.
         raise TrainingFailed(redact(f"training process exited with {returncode}:\n"
-                                    + "\n".join(text.splitlines()[-15:])))
+                                    + "\n".join(text.splitlines()[1:][-15:])))
     return read_json(result_path)
 
 
@@ -300,29 +301,16 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             proc.wait()
 
 
-def _exit_with_parent() -> None:
-    """A killed or crashed parent must not leave a training process holding the CPU/GPU."""
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(2)
-            if os.getppid() != parent:
-                os._exit(3)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    from .lifeline import set_parent_death_signal
+    from .lifeline import set_parent_death_signal, watch_parent_pid
 
     argv = argv if argv is not None else sys.argv[1:]
-    set_parent_death_signal(signal.SIGKILL)  # Linux: at once when the flow process dies, however it dies
-    _exit_with_parent()  # elsewhere (and a parent gone before the signal was armed): within 2 s
+    # A killed or crashed parent (the flow process, or accelerate's launcher) must not leave training
+    # holding the CPU/GPU. Linux: at once, however it dies; elsewhere: within 2 s.
+    set_parent_death_signal(signal.SIGKILL)
+    watch_parent_pid(os.getppid(), lambda: os._exit(3))
     spec = TrainSpec.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
     stats = train_lora(spec)
     if int(os.environ.get("RANK", "0")) == 0:

