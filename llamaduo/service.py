@@ -549,8 +549,10 @@ class ServiceClient:
         salt = {**(salt or {}), "structured": self.structured}
         bar = tqdm(total=len(requests), desc=desc, unit="call", disable=None if self.progress else True, leave=False)
         done, failed = 0, 0
-        # The breaker looks at a handful of finished calls before judging the provider.
-        min_seen = min(len(requests), max(self.limits.min_calls_for_breaker, self.limits.max_concurrency))
+        # The same verdict as `failing_reason`, on the calls finished so far: a share from
+        # min_calls_for_breaker calls on; before that only a handful of calls that all failed.
+        min_share_calls = min(len(requests), self.limits.min_calls_for_breaker)
+        min_all_failed = min(len(requests), max(4, self.limits.max_concurrency))
 
         async def tracked(r: Request) -> Result:
             nonlocal done, failed
@@ -558,7 +560,8 @@ class ServiceClient:
             bar.update(1)
             done += 1
             failed += res.kind in ("call", "parse")
-            if done >= min_seen and failed / done > self.limits.max_failure_rate:
+            if (done >= min_share_calls and failed / done > self.limits.max_failure_rate) or (
+                    done >= min_all_failed and failed == done):
                 self.tripped = True
             if on_progress is not None:
                 on_progress(done, len(requests))
