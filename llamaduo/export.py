@@ -35,7 +35,7 @@ def check_reproduces(model_dir: Path, items: list[dict], expected: dict[str, str
 def export_model(root: str | Path, student: StudentRef, best: RoundRecord, card_for, infer: InferConfig,
                  system_prompt: str | None, test: Artifact, answers: Artifact | None, out: str) -> ExportResult:
     """`card_for(check)` renders the model card once the reproduction check is known."""
-    from .infer import save_merged
+    from .models import save_merged
 
     t0 = time.time()
     root = Path(root)

@@ -12,40 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .data import Example, to_chat
+from .models import load_student
 from .store import atomic_write_jsonl, read_jsonl
 
 if TYPE_CHECKING:
     from .config import InferConfig
     from .records import AnswersResult, Artifact, StudentRef
-
-
-def load_student(base_model: str, adapter_dir: str | None):
-    """Base model with the LoRA adapter merged in: the same weights the export ships."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
-    if adapter_dir:
-        import warnings
-
-        from peft import PeftModel
-
-        with warnings.catch_warnings():  # peft asks the model a deprecated transformers question
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    model.eval()
-    return model.to("cuda") if cuda else model
-
-
-def save_merged(base_model: str, adapter_dir: str, dest: Path) -> Path:
-    """Base + adapter merged and saved with the adapter's tokenizer: what the export ships and vLLM loads."""
-    from .models import load_tokenizer
-
-    load_student(base_model, adapter_dir).to("cpu").save_pretrained(dest, safe_serialization=True)
-    load_tokenizer(adapter_dir).save_pretrained(dest)
-    return dest
 
 
 def resolve_backend(backend: str) -> str:

@@ -22,7 +22,7 @@ class VLLMFailed(RuntimeError):
 
 
 def merged_model_dir(base_model: str, adapter_dir: str | None, dest: Path) -> str:
-    from .infer import save_merged
+    from .models import save_merged
 
     return str(save_merged(base_model, adapter_dir, dest)) if adapter_dir else base_model
 

@@ -29,8 +29,7 @@ SERIALIZER_TYPE = "llamaduo-json"
 def _record_types() -> dict[str, type[BaseModel]]:
     from llamaduo import records
     from llamaduo.config import RunConfig
-
-    from flows.state import LoopState
+    from llamaduo.loop import LoopState
 
     types = {name: obj for name, obj in vars(records).items()
              if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == records.__name__}
