@@ -29,3 +29,15 @@ def write_jsonl(tmp_path):
 
     return _write
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture
+def prefect_env(tmp_path):
+    """A throwaway Prefect server and database; results in the test's own folder (the harness
+    does not isolate result storage)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "results")}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield

@@ -4,16 +4,6 @@ instead of a crash whose spend is lost (issue 19, point 11; the client side is i
 import pytest
 
 
-@pytest.fixture
-def prefect_env(tmp_path):
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "results")}):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
-
-
 def test_unsaved_paid_replies_are_charged_and_stop_the_loop(tmp_path, prefect_env):
     from prefect import flow, task
 

@@ -17,16 +17,6 @@ def test_classification_and_halving():
     assert [micro_batch_for_attempt(8, a) for a in (1, 2, 3, 4, 5)] == [8, 4, 2, 1, 1]
 
 
-@pytest.fixture
-def prefect_env(tmp_path):
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "results")}):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
-
-
 def _run_finetune(tmp_path, tiny_model_dir):
     from prefect import flow
 
