@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the migration loop")
     run.add_argument("config")
-    run.add_argument("--workdir", help="run directory (default: runs/<name>)")
+    run.add_argument("--workdir", help="run directory: a folder, or a URL on object storage (s3://bucket/prefix; "
+                     "the usual AWS variables select the endpoint and keys); default runs/<name>")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set gate.threshold=80 (repeatable)")
     val = sub.add_parser("validate", help="check config and data, print the plan")
@@ -108,20 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from llamaduo.config import load_config
     from llamaduo.errors import InputError
-    from llamaduo.preflight import preflight, probe_endpoints
+    from llamaduo.preflight import preflight, probe_run_dir
+    from llamaduo.runstore import RunStore
     from llamaduo.store import lock_run_dir
 
-    workdir = run_lock = None
+    store = run_lock = None
     try:
         cfg = load_config(args.config, args.overrides)
-        if args.command == "run":
-            workdir = Path(args.workdir or Path("runs") / cfg.name).resolve()
-        pf = preflight(cfg, workdir, probe=False)
+        if args.command == "run":  # a folder, or a URL (s3://bucket/prefix): stages work in a scratch copy
+            store = RunStore(args.workdir or Path("runs") / cfg.name)
+        pf = preflight(cfg, store.location if store else None, probe=False)
         if args.command == "run":
             # Taken before the probe writes into the directory, held until this process ends (and
             # by the flow child it hands it to): a second run on the directory exits 2 here.
-            run_lock = lock_run_dir(workdir)
-            pf.probe = probe_endpoints(cfg, pf.splits, workdir / "cache" / "service")
+            run_lock = lock_run_dir(store.local)
+            pf.probe = probe_run_dir(cfg, pf.splits, store.location)
     except InputError as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)  # Hub and provider errors may echo a key
         return EXIT_INPUT
@@ -129,15 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print("config and data are valid")
         return EXIT_PASSED
-    _prefect_env(workdir)
+    _prefect_env(store.local)
     with run_lock:
-        return _supervise(cfg, workdir, pf.probe, run_lock)
+        code = _supervise(cfg, store, pf.probe, run_lock)
+    if store.remote and code in (EXIT_PASSED, EXIT_NOT_PASSED, EXIT_SERVICE_FAILING):
+        store.clean_scratch()  # the run finished: everything is on the store (a crash keeps it to resume)
+    return code
 
 
 STOP_GRACE_S = 10.0
 
 
-def _supervise(cfg, workdir: Path, probe, run_lock) -> int:
+def _supervise(cfg, store, probe, run_lock) -> int:
     """Run the flow in a child process and stay able to stop it. A SIGTERM or SIGINT is passed
     on; the child marks its flow run, stops its training process and exits at once; if anything
     there lingers past STOP_GRACE_S, its whole process group is killed. Every finished stage is
@@ -151,8 +156,8 @@ def _supervise(cfg, workdir: Path, probe, run_lock) -> int:
 
     from llamaduo.store import RUN_LOCK_FD_ENV, atomic_write_json
 
-    spec = workdir / ".llamaduo" / "invocation.json"
-    atomic_write_json(spec, {"config": cfg.model_dump(mode="json"), "workdir": str(workdir),
+    spec = store.local / ".llamaduo" / "invocation.json"
+    atomic_write_json(spec, {"config": cfg.model_dump(mode="json"), "workdir": store.location,
                              "probe": probe.model_dump(mode="json")})
     lifeline_read, lifeline_write = os.pipe()
     try:
@@ -233,12 +238,14 @@ def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int |
 
     sys.unraisablehook = quiet_when_stopping
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    cfg, workdir = RunConfig.model_validate(spec["config"]), Path(spec["workdir"])
+    from llamaduo.runstore import RunStore
+
+    cfg, store = RunConfig.model_validate(spec["config"]), RunStore(spec["workdir"])
     t0 = time.time()
     try:
-        from flows.migrate import migrate
+        from flows.migrate import run_migration
 
-        result = migrate(cfg, str(workdir), ServiceStats.model_validate(spec["probe"]))
+        result = run_migration(cfg, store.location, ServiceStats.model_validate(spec["probe"]))
     except stop_signals as exc:
         return _stopped_by_signal(exc)
     except InputError as exc:
@@ -256,9 +263,9 @@ def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int |
         print(f"why: {result['stop_detail']}")
     print(f"this invocation: {inv['service_calls']} service calls, {inv['training_steps']} training steps")
     print(f"summary: {result['summary_path']}")
-    reports = sorted(workdir.glob("rounds/round_*/report.md"))
+    reports = store.glob("rounds/round_*/report.md")
     if reports:
-        print(f"report:  {reports[-1]} (plot: {workdir / 'report' / 'metrics.png'})")
+        print(f"report:  {store.where(reports[-1])} (plot: {store.where('report/metrics.png')})")
     if result["final_model_dir"]:
         verdict = "passed" if result["passed"] else "did NOT pass the gate"
         print(f"model:   {result['final_model_dir']}/merged (round {result['exported_round']}, {verdict}; "

@@ -15,10 +15,11 @@ from llamaduo.gate import STOP_PASSED, best_round
 from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
 from llamaduo.records import Evaluation, ServiceStats, SplitResult, StudentRef
 from llamaduo.standin import LABEL as STANDIN_LABEL
+from llamaduo.runstore import RunStore
 from llamaduo.store import RunDir, lock_run_dir
 from llamaduo.summary import write_summary
 from tasks._policy import run_stage
-from tasks._results import RESULT_OPTIONS, quarantine_untrusted_results
+from tasks._results import RESULT_OPTIONS, quarantine_untrusted_results, results_location, with_results_beside
 from tasks.data import prepare_data, prepare_student
 from tasks.evaluate import service_answers
 from tasks.export import export
@@ -59,12 +60,11 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
     what this invocation did. Call `llamaduo.preflight.preflight` first (the CLI and
     `migrate_config_file` do)."""
     log = get_run_logger()
-    cfg, root = config, str(Path(workdir).resolve())
-    run_lock = lock_run_dir(root)  # noqa: F841 - held until this flow returns; another live run's: exit 2
-    rd = RunDir(root).mkdirs()
-    from prefect.settings import get_current_settings
-
-    for f in quarantine_untrusted_results(get_current_settings().results.local_storage_path):
+    store = RunStore(workdir)
+    cfg, root = config, store.location  # a folder, or a URL whose stages work in scratch copies
+    run_lock = lock_run_dir(store.local)  # noqa: F841 - held until this flow returns; another live run's: exit 2
+    RunDir(store.local).mkdirs()
+    for f in quarantine_untrusted_results(results_location(root)):
         log.warning("removed an untrusted result record (not written by this tool): %s", f)
     if cfg.service.model == STANDIN_MODEL:
         log.warning("service LLM: %s — a demo stand-in, not a real teacher", STANDIN_LABEL)
@@ -96,15 +96,15 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
                            summary=summary_for(state, cfg, data, passed=passed, exported=best), teacher_label=label,
                            infer_cfg=cfg.infer, system_prompt=cfg.student.system_prompt, test=data.test,
                            answers=best.answers, out="final_model")
-        final_dir, check = str(rd.export), exp.check
+        final_dir, check = store.where("final_model"), exp.check
         if check.get("reproduces") is False:
             log.warning("the exported weights did not reproduce %d of %d evaluated answers",
                         check["checked"] - check["matched"], check["checked"])
-    write_summary(rd, summary_for(state, cfg, data, passed=passed, final_model_dir=final_dir, exported=best,
-                                  export_check=check))
+    summary_path = write_summary(root, summary_for(state, cfg, data, passed=passed, final_model_dir=final_dir,
+                                                   exported=best, export_check=check))
     log.info("done: passed=%s stop_reason=%s rounds=%d", passed, state.stop_reason,
              len([r for r in state.rounds if r.round >= 1]))
-    return {"summary_path": str(rd.summary), "passed": passed, "stop_reason": state.stop_reason,
+    return {"summary_path": summary_path, "passed": passed, "stop_reason": state.stop_reason,
             "stop_detail": state.stop_detail, "final_model_dir": final_dir,
             "exported_round": best.round if best else None,
             "invocation": state.invocation.model_dump()}
@@ -152,12 +152,18 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
             raise
         raise InputError(f"sets {exc}", field=form_field) from None
     workdir = workdir or str(Path("runs") / cfg.name)
+    store = RunStore(workdir)
     # Taken before the paid probe (as the CLI does): two runs on one directory never both pay for it.
-    run_lock = lock_run_dir(workdir)  # noqa: F841 - held by this process; `migrate` finds it held
-    pf = preflight(cfg, Path(workdir))
+    run_lock = lock_run_dir(store.local)  # noqa: F841 - held by this process; `migrate` finds it held
+    pf = preflight(cfg, store.location)
     for w in pf.warnings:
         get_run_logger().warning(w)
-    return migrate(cfg, workdir, pf.probe)
+    return run_migration(cfg, store.location, pf.probe)
+
+
+def run_migration(cfg: RunConfig, workdir: str, probe: ServiceStats | None = None) -> dict:
+    """`migrate`, its results persisted beside the run directory when that is a URL."""
+    return with_results_beside(migrate, workdir)(cfg, workdir, probe)
 
 
 def _operator_setting(project: Path, key: str):

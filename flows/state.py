@@ -38,15 +38,13 @@ def summary_for(state: LoopState, cfg: RunConfig, data: SplitResult | None, *, p
 def record_round(state: LoopState, cfg: RunConfig, root: str, data: SplitResult, entry: RoundRecord) -> None:
     """Add the round to the summary (rewritten atomically) and publish its report."""
     from llamaduo.metrics import BASELINE_BASE_STUDENT
-    from llamaduo.store import RunDir
     from llamaduo.summary import write_summary
     from tasks._policy import run_stage
     from tasks.report import publish_round_report
 
     previous = max((r for r in state.rounds if r.round < entry.round), key=lambda r: r.round, default=None)
     state.rounds = [r for r in state.rounds if r.round != entry.round] + [entry]
-    rd = RunDir(root)
-    write_summary(rd, summary_for(state, cfg, data))
+    write_summary(root, summary_for(state, cfg, data))
     out = f"rounds/round_{entry.round:02d}/report.md"
     run_stage(publish_round_report, out, root=root, entry=entry, previous=previous,
               history=sorted(state.rounds, key=lambda r: r.round),

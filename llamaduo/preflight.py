@@ -98,7 +98,7 @@ def check_backend(backend: str) -> None:
         raise InputError("vLLM needs a CUDA GPU and none is visible; use backend: auto or hf", field="infer.backend")
 
 
-def preflight(cfg: RunConfig, workdir: Path | None = None, *, probe: bool = True) -> Preflight:
+def preflight(cfg: RunConfig, workdir: str | Path | None = None, *, probe: bool = True) -> Preflight:
     synth_template(cfg.synth.prompt_template)
     judge_template(cfg.judge.prompt_template)
     if cfg.service.standin_pool:
@@ -112,7 +112,11 @@ def preflight(cfg: RunConfig, workdir: Path | None = None, *, probe: bool = True
     check_student(cfg.student.model)
     check_backend(cfg.infer.backend)
     if workdir is not None:
-        check_workdir(workdir)
+        from .runstore import RunStore
+
+        store = RunStore(workdir)
+        store.check_writable()
+        check_workdir(store.local)
     from .gate import selection_warnings
     from .judge import embedding_warnings
 
@@ -120,5 +124,19 @@ def preflight(cfg: RunConfig, workdir: Path | None = None, *, probe: bool = True
                        warnings=warnings_for(cfg) + selection_warnings(len(splits.val), cfg.synth.seed_strategy)
                        + embedding_warnings(cfg.judge, cfg.gate.metric))
     if probe and workdir is not None:
-        result.probe = probe_endpoints(cfg, splits, Path(workdir) / "cache" / "service")
+        result.probe = probe_run_dir(cfg, splits, workdir)
     return result
+
+
+def probe_run_dir(cfg: RunConfig, splits: Splits, workdir: str | Path) -> ServiceStats:
+    """`probe_endpoints` with the run directory's reply cache (pulled from and pushed back to a
+    store when the run directory is a URL: a re-run's probe is answered from it)."""
+    from .runstore import RunStore
+
+    store = RunStore(workdir)
+    store.pull("cache/service")
+    before = store.snapshot("cache/service")
+    try:
+        return probe_endpoints(cfg, splits, store.local / "cache" / "service")
+    finally:
+        store.push_changed(before, under="cache/service")

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from llamaduo import CODE_VERSION
 from llamaduo.records import StudentRef
+from llamaduo.runstore import RunStore
 from llamaduo.store import sha256_json
 
 from ._results import RESULT_OPTIONS
@@ -60,7 +61,7 @@ def run_stage(task, out: str | Path | None, /, **params) -> tuple[Any, bool]:
     its cache. When the stage's output (`out`, relative to `root`) is gone — deleted, or never
     written because the stage stopped at a budget cap — the cache is refreshed instead of
     returning a result that points at nothing."""
-    if out is not None and not (Path(params.get("root", ".")) / out).exists():
+    if out is not None and not RunStore(params.get("root", ".")).exists(out):
         task = task.with_options(refresh_cache=True)
     state = task(**params, return_state=True)
     return state.result(), state.name != "Cached"

@@ -21,6 +21,7 @@ from prefect.serializers import Serializer
 from pydantic import BaseModel, Field
 
 from llamaduo.redact import safe_message
+from llamaduo.runstore import is_url
 
 SERIALIZER_TYPE = "llamaduo-json"
 
@@ -86,8 +87,23 @@ def untrusted(content: bytes) -> str | None:
 
 def quarantine_untrusted_results(results_dir: str | Path) -> list[str]:
     """Delete result records that name another serializer (pickle, a JSON decoder by dotted
-    name): Prefect would run them when looking up the cache. The stage is then recomputed."""
+    name): Prefect would run them when looking up the cache. The stage is then recomputed.
+    `results_dir` is a folder or a URL (results stored beside a run on object storage)."""
     removed = []
+    if is_url(results_dir):
+        import fsspec
+
+        fs, base = fsspec.core.url_to_fs(str(results_dir))
+        fs.invalidate_cache()
+        try:
+            names = fs.find(base, withdirs=False)
+        except FileNotFoundError:
+            return removed
+        for name in names:
+            if untrusted(fs.cat_file(name)):
+                fs.rm_file(name)
+                removed.append(name)
+        return removed
     root = Path(results_dir)
     if not root.is_dir():
         return removed
@@ -96,6 +112,35 @@ def quarantine_untrusted_results(results_dir: str | Path) -> list[str]:
             f.unlink()
             removed.append(str(f))
     return removed
+
+
+RESULTS_ON_STORE = ".prefect/results"
+
+
+def results_location(root: str) -> str:
+    """Where this run's task and flow results persist: beside a run directory at a URL (so a
+    flow run retried on another machine finds them), else the configured local folder."""
+    if is_url(root):
+        return f"{root.rstrip('/')}/{RESULTS_ON_STORE}"
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().results.local_storage_path)
+
+
+def with_results_beside(flow, root: str):
+    """`flow` persisting its results (and its tasks' and subflows') beside the run directory
+    when that is a URL; unchanged for a local run directory."""
+    if not is_url(root):
+        return flow
+    from prefect.filesystems import RemoteFileSystem
+
+    from llamaduo.store import sha256_text
+
+    # Prefect takes only result storage saved on the server. The block holds a location, no
+    # credentials: each worker's own environment (AWS_* variables, an instance role) reaches the store.
+    storage = RemoteFileSystem(basepath=results_location(root))
+    storage.save(f"llamaduo-results-{sha256_text(results_location(root))[:16]}", overwrite=True)
+    return flow.with_options(result_storage=storage)
 
 
 RESULT_OPTIONS = dict(persist_result=True, result_serializer=RecordJSONSerializer())

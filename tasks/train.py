@@ -14,6 +14,7 @@ from llamaduo.gpu import is_retryable_gpu_error, micro_batch_for_attempt
 from llamaduo.records import Artifact, FinetuneResult, StudentRef
 from llamaduo.train import finetune as finetune_student
 
+from ._store import on_store
 from ._policy import STAGE_OPTIONS, progress_reporter
 
 
@@ -29,6 +30,7 @@ GPU_RETRIES = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on
 
 
 @task(name="finetune", **STAGE_OPTIONS, tags=["gpu"], **GPU_RETRIES)
+@on_store
 def finetune(root: str, train: TrainConfig, student: StudentRef, system_prompt: str | None, training_set: Artifact,
              out: str, init_adapter: Artifact | None = None) -> FinetuneResult:
     attempt = task_run.run_count or 1

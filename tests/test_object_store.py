@@ -1,0 +1,202 @@
+"""A run directory at a URL: `llamaduo.runstore.RunStore` against a real S3 API (moto's server on
+loopback) and `file://`, and the CLI end to end with `--workdir s3://…`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamaduo.errors import InputError
+from llamaduo.records import Artifact, RoundRecord, SplitResult
+from tests.fake_service import FakeBehaviour, FakeOpenAIServer
+
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "llamaduo-test"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on a free loopback port, a bucket, and the AWS variables that select it."""
+    pytest.importorskip("moto")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test-access",
+           "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMADUO_SCRATCH", str(tmp_path / "scratch"))
+    return tmp_path / "scratch"
+
+
+def _store(url: str):
+    from llamaduo.runstore import RunStore
+
+    return RunStore(url)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_url(request, tmp_path, scratch):
+    if request.param == "file":
+        return f"file://{tmp_path / 'bucket' / 'runs' / 'a'}"
+    request.getfixturevalue("s3")
+    return f"s3://{BUCKET}/runs/{tmp_path.name}"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_pushed_directory_comes_back_whole_on_another_machine(store_url):
+    from llamaduo.store import sha256_path
+
+    a = _store(store_url)
+    adapter = a.local / "rounds/round_01/adapter"
+    (adapter / "sub").mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    (adapter / "sub" / "config.json").write_text('{"r": 8}')
+    a.push("rounds/round_01/adapter")
+    digest = sha256_path(adapter)
+    import shutil
+
+    shutil.rmtree(a.local)  # the other machine has no scratch copy
+    b = _store(store_url)
+    assert b.exists("rounds/round_01/adapter") and not b.exists("rounds/round_02/adapter")
+    assert b.pull("rounds/round_01/adapter")
+    assert sha256_path(b.local / "rounds/round_01/adapter") == digest, "same content, same artifact hash"
+
+
+def test_a_directory_whose_upload_did_not_finish_is_absent(store_url):
+    a = _store(store_url)
+    (a.local / "final_model").mkdir(parents=True)
+    (a.local / "final_model" / "model.safetensors").write_bytes(b"w" * 100)
+    a.push("final_model")
+    a.fs.pipe_file(a._key(".llamaduo/uploading/final_model"), b"")  # a push killed half-way leaves its marker
+    assert not a.exists("final_model")
+    import shutil
+
+    shutil.rmtree(a.local)
+    assert not _store(store_url).pull("final_model"), "a half-uploaded directory is never read"
+    a.fs.rm_file(a._key(".llamaduo/uploading/final_model"))
+
+
+def test_only_what_a_stage_changed_is_pushed_and_local_only_files_never(store_url):
+    a = _store(store_url)
+    (a.local / "data").mkdir(parents=True)
+    (a.local / "data" / "train.jsonl").write_text("{}\n")
+    before = a.snapshot()
+    (a.local / "data" / "test.jsonl").write_text('{"a": 1}\n')
+    (a.local / ".llamaduo").mkdir()
+    (a.local / ".llamaduo" / "run.lock").write_text("pid")
+    (a.local / ".prefect").mkdir()
+    (a.local / ".prefect" / "prefect.db").write_text("db")
+    a.push_changed(before)
+    names = a.glob("**")
+    assert "data/test.jsonl" in names and "data/train.jsonl" not in names
+    assert not [n for n in names if n.startswith((".llamaduo/", ".prefect/"))]
+
+
+def test_write_text_and_glob_address_the_store(store_url):
+    a = _store(store_url)
+    a.write_text("summary.json", '{"passed": true}')
+    a.write_text("rounds/round_01/report.md", "# r1")
+    assert a.glob("rounds/round_*/report.md") == ["rounds/round_01/report.md"]
+    assert a.read_bytes("summary.json") == b'{"passed": true}'
+    assert a.where("summary.json") == f"{store_url}/summary.json"
+
+
+def test_a_bucket_that_does_not_exist_is_an_input_error(s3, scratch):
+    with pytest.raises(InputError, match="cannot write to s3://no-such-bucket-here") as err:
+        _store("s3://no-such-bucket-here/runs/a").check_writable()
+    assert "test-secret" not in str(err.value)
+
+
+def test_artifact_paths_finds_every_artifact_inside_records():
+    from tasks._store import artifact_paths
+
+    art = lambda p: Artifact(path=p, sha256="0" * 64)  # noqa: E731
+    split = SplitResult(train=art("data/train.jsonl"), val=art("data/val.jsonl"), test=art("data/test.jsonl"),
+                        train_rows=1, val_rows=0, test_rows=1)
+    assert artifact_paths([split, {"x": [art("a.jsonl")]}, None, "data/other"]) == [
+        "data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "a.jsonl"]
+    assert "rounds/round_01/adapter" in artifact_paths(RoundRecord.model_construct(
+        round=1, adapter=art("rounds/round_01/adapter"), judged=None, answers=None))
+
+
+# -- the CLI end to end on a bucket ----------------------------------------------------------------
+ROWS = [{"instruction": f"Which colour is sample {i} from crate {i * 7}?", "response": "blue"} for i in range(16)]
+POOL = [{"instruction": f"Name the colour of parcel {i} in bay {i % 5}.", "response": "blue"} for i in range(40)]
+
+
+def _run(cfg_path: Path, workdir: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(cfg_path), "--workdir", workdir],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_a_run_on_a_bucket_keeps_everything_there_and_a_rerun_pays_nothing(tmp_path, tiny_model_dir, s3):
+    import boto3
+
+    (tmp_path / "coverage.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    cfg = {"name": "on-a-bucket", "data": {"path": str(tmp_path / "coverage.jsonl"), "test_size": 4, "val_size": 0},
+           "service": {"model": "openai/fake-teacher", "api_key_env": "FAKE_SERVICE_KEY", "rpm": 6000,
+                       "max_concurrency": 2, "max_retries": 0},
+           "synth": {"rows_per_round": 8, "pairs_per_request": 4, "max_waves": 1},
+           "student": {"model": str(tiny_model_dir)},
+           "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "quantization": "none"},
+           "infer": {"max_new_tokens": 4, "batch_size": 4},
+           "gate": {"threshold": 1, "max_rounds": 1}, "budget": {"max_usd": 0}}
+    url = f"s3://{BUCKET}/runs/e2e"
+    scratch_dir = tmp_path / "scratch"
+    with FakeOpenAIServer(FakeBehaviour(pool=POOL)) as server:
+        cfg["service"]["api_base"] = server.url
+        cfg_path = tmp_path / "run.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({"FAKE_SERVICE_KEY": "sk-on-a-bucket", "PYTHONUNBUFFERED": "1", "LLAMADUO_SCRATCH": str(scratch_dir),
+                    "HOME": str(tmp_path / "home"), **s3})
+        first = _run(cfg_path, url, env)
+        assert first.returncode in (0, 3), first.stdout[-3000:] + first.stderr[-4000:]
+        paid = server.requests
+        keys = {o["Key"][len("runs/e2e/"):] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix="runs/e2e/") for o in page.get("Contents", [])}
+        for name in ("summary.json", "data/train.jsonl", "data/test.jsonl", "rounds/round_01/train.jsonl",
+                     "rounds/round_01/adapter/adapter_model.safetensors", "rounds/round_01/answers.jsonl",
+                     "rounds/round_01/judged.jsonl", "rounds/round_01/report.md", "report/metrics.png",
+                     "final_model/README.md"):
+            assert name in keys, f"{name} not on the store: {sorted(keys)}"
+        assert any(k.startswith("cache/service/") for k in keys) and any(k.startswith(".prefect/results/") for k in keys)
+        assert not any(k.startswith((".llamaduo/", ".prefect/prefect.db")) for k in keys)
+        assert not any(".checkpoints" in k for k in keys), "finished training leaves no checkpoints behind"
+        assert not scratch_dir.exists() or not any(scratch_dir.rglob("*.safetensors")), "scratch copies removed"
+        summary = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key="runs/e2e/summary.json")["Body"].read())
+        assert summary["final_model_dir"] == f"{url}/final_model"
+        assert f"summary: {url}/summary.json" in first.stdout
+
+        second = _run(cfg_path, url, env)  # a fresh machine's view: no scratch copy, the same URL
+        assert second.returncode == first.returncode, second.stdout[-3000:] + second.stderr[-4000:]
+        assert server.requests == paid, "a re-run against the same URL sends no request"
+        assert "this invocation: 0 service calls, 0 training steps" in second.stdout, second.stdout[-2000:]
