@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 WORKDIR ?= runs/demo
 
-.PHONY: install demo test test-integration ui-deps test-ui test-all clean
+.PHONY: install demo test test-integration ui-deps test-ui test-all clean test-distributed
 
 install: $(STAMP)
 
@@ -39,6 +39,16 @@ ui-deps: install
 
 test-ui: ui-deps
 	$(BIN)/python -m pytest -q -m slow tests/test_ui.py
+
+# Issue 18 on one machine: a Prefect server on PostgreSQL (Debian's package, started by the tests),
+# moto's S3 server, s3fs pinned to the installed fsspec (s3fs releases in lockstep with it).
+distributed-deps: install
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq postgresql) \
+		|| echo "postgresql could not be installed: the distributed tests will skip"
+
+test-distributed: distributed-deps
+	$(BIN)/python -m pytest -q -m distributed tests/
 
 test-all: ui-deps
 	$(BIN)/python -m pytest -q -m ""

@@ -8,6 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One PostgreSQL + Prefect server + S3 for every `distributed` test module (imports nothing heavy).
+pytest_plugins = ["tests.distributed_env"]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "no_robots_classify.jsonl"
 
 

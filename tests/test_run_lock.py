@@ -120,8 +120,8 @@ def test_a_lock_left_by_kill_9_is_taken_over(tmp_path, capsys, monkeypatch):
     holder.wait()
     reached = []
 
-    def supervise(cfg, wd, probe, run_lock):  # stands in for the flow: only the lock matters here
-        reached.append(json.loads((wd / RUN_LOCK).read_text()))
+    def supervise(cfg, store, probe, run_lock):  # stands in for the flow: only the lock matters here
+        reached.append(json.loads((store.local / RUN_LOCK).read_text()))
         return 0
 
     monkeypatch.setattr("flows.cli._supervise", supervise)
