@@ -41,7 +41,7 @@ test-ui: ui-deps
 	$(BIN)/python -m pytest -q -m slow tests/test_ui.py
 
 # Issue 18 on one machine: a Prefect server on PostgreSQL (Debian's package, started by the tests),
-# moto's S3 server, s3fs pinned to the installed fsspec (s3fs releases in lockstep with it).
+# moto's S3 server (a test dependency), process pools cpu and gpu with workers started by the tests.
 distributed-deps: install
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq postgresql) \

@@ -6,6 +6,7 @@ entry point (UI form, API triggers), which runs the same preflight itself.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -25,6 +26,8 @@ from tasks.evaluate import service_answers
 from tasks.export import export
 
 from .form import RunSettings
+from .gpu import GPU_DEPLOYMENT_ENV, run_gpu_stage
+from .operator import operator_setting as _operator_setting
 from .round import migration_round
 from .stages import evaluate_student, judge_answers, round_record, service_stage
 from .state import LoopState, StopLoop, record_round, summary_for
@@ -92,7 +95,7 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
     final_dir, check = None, None
     if best is not None:
         label = STANDIN_LABEL if cfg.service.model == STANDIN_MODEL else "service LLM"
-        exp, _ = run_stage(export, "final_model", root=root, student=student, best=best,
+        exp, _ = run_gpu_stage(export, "final_model", root=root, student=student, best=best,
                            summary=summary_for(state, cfg, data, passed=passed, exported=best), teacher_label=label,
                            infer_cfg=cfg.infer, system_prompt=cfg.student.system_prompt, test=data.test,
                            answers=best.answers, out="final_model")
@@ -152,6 +155,10 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
             raise
         raise InputError(f"sets {exc}", field=form_field) from None
     workdir = workdir or str(Path("runs") / cfg.name)
+    if (run_store := _operator_setting(project, "llamaduo_run_store")) is not None:
+        workdir = f"{str(run_store).rstrip('/')}/{Path(workdir).as_posix()}"  # the operator's bucket, this run's prefix
+    if (gpu := _operator_setting(project, "llamaduo_gpu_deployment")) is not None:
+        os.environ[GPU_DEPLOYMENT_ENV] = str(gpu)  # GPU stages on the operator's GPU pool
     store = RunStore(workdir)
     # Taken before the paid probe (as the CLI does): two runs on one directory never both pay for it.
     run_lock = lock_run_dir(store.local)  # noqa: F841 - held by this process; `migrate` finds it held
@@ -164,17 +171,6 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
 def run_migration(cfg: RunConfig, workdir: str, probe: ServiceStats | None = None) -> dict:
     """`migrate`, its results persisted beside the run directory when that is a URL."""
     return with_results_beside(migrate, workdir)(cfg, workdir, probe)
-
-
-def _operator_setting(project: Path, key: str):
-    """A `llamaduo_*` key of deployments/prefect.yaml, read from the project on the worker (so a run
-    cannot change it); None when the file or the key is absent."""
-    import yaml
-
-    spec = project / "deployments" / "prefect.yaml"
-    if not spec.is_file():
-        return None
-    return (yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get(key)
 
 
 def run_override_allow_list(project: Path) -> list[str]:

@@ -22,6 +22,7 @@ from tasks._results import RESULT_OPTIONS
 from tasks.synth import curate, synthesize, training_set, warm_start_set
 from tasks.train import finetune
 
+from .gpu import run_gpu_stage
 from .stages import evaluate_student, round_record, service_stage
 from .state import LoopState, StopLoop, record_round
 
@@ -81,7 +82,7 @@ def migration_round(cfg: RunConfig, workdir: str, student: StudentRef, data: Spl
             log.info("round %d: warm start from the previous adapter on %d new + %d replayed rows", round_no,
                      ws.new_rows, ws.replayed_rows)
             train_on, init_adapter = ws.train, state.last_adapter
-        ft, fresh = run_stage(finetune, f"{rdir}/adapter", root=workdir, train=cfg.train, student=student,
+        ft, fresh = run_gpu_stage(finetune, f"{rdir}/adapter", root=workdir, train=cfg.train, student=student,
                               system_prompt=cfg.student.system_prompt, training_set=train_on,
                               init_adapter=init_adapter, out=f"{rdir}/adapter")
         if fresh:

@@ -14,6 +14,7 @@ from llamaduo.records import (AnswersResult, Artifact, EvalResult, Evaluation, R
 from tasks._policy import run_stage
 from tasks.evaluate import evaluate, infer
 
+from .gpu import run_gpu_stage
 from .state import LoopState, StopLoop
 
 
@@ -41,7 +42,7 @@ def judge_answers(cfg: RunConfig, root: str, state: LoopState, items: Artifact, 
 def answer_and_judge(cfg: RunConfig, root: str, state: LoopState, student: StudentRef, adapter: Artifact | None,
                      items: Artifact, prefix: str, label: str, durations: dict) -> tuple[EvalResult, AnswersResult]:
     """The student answers `items` (test or validation split) and the judge scores the answers."""
-    inf, _ = run_stage(infer, f"{prefix}answers.jsonl", root=root, infer_cfg=cfg.infer, student=student,
+    inf, _ = run_gpu_stage(infer, f"{prefix}answers.jsonl", root=root, infer_cfg=cfg.infer, student=student,
                        adapter=adapter, items=items, system_prompt=cfg.student.system_prompt,
                        out=f"{prefix}answers.jsonl")
     durations["infer"] = durations.get("infer", 0.0) + inf.seconds

@@ -26,7 +26,7 @@ from llamaduo.records import StudentRef
 from llamaduo.runstore import RunStore
 from llamaduo.store import sha256_json
 
-from ._results import RESULT_OPTIONS
+from ._results import RESULT_OPTIONS, results_storage
 
 UNKEYED = frozenset({"root", "spent", "budget"})
 
@@ -63,6 +63,8 @@ def run_stage(task, out: str | Path | None, /, **params) -> tuple[Any, bool]:
     returning a result that points at nothing."""
     if out is not None and not RunStore(params.get("root", ".")).exists(out):
         task = task.with_options(refresh_cache=True)
+    if (storage := results_storage(str(params.get("root", ".")))) is not None:
+        task = task.with_options(result_storage=storage)  # a stage run on any machine finds it cached
     state = task(**params, return_state=True)
     return state.result(), state.name != "Cached"
 

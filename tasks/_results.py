@@ -127,20 +127,27 @@ def results_location(root: str) -> str:
     return str(get_current_settings().results.local_storage_path)
 
 
-def with_results_beside(flow, root: str):
-    """`flow` persisting its results (and its tasks' and subflows') beside the run directory
-    when that is a URL; unchanged for a local run directory."""
+@lru_cache(maxsize=16)
+def results_storage(root: str):
+    """The saved result-storage block for a run directory at a URL (None for a local one).
+    Prefect takes only result storage saved on the server; the block holds a location, no
+    credentials: each worker's own environment (AWS_* variables, an instance role) reaches it."""
     if not is_url(root):
-        return flow
+        return None
     from prefect.filesystems import RemoteFileSystem
 
     from llamaduo.store import sha256_text
 
-    # Prefect takes only result storage saved on the server. The block holds a location, no
-    # credentials: each worker's own environment (AWS_* variables, an instance role) reaches the store.
     storage = RemoteFileSystem(basepath=results_location(root))
     storage.save(f"llamaduo-results-{sha256_text(results_location(root))[:16]}", overwrite=True)
-    return flow.with_options(result_storage=storage)
+    return storage
+
+
+def with_results_beside(flow, root: str):
+    """`flow` persisting its results (and its tasks' and subflows') beside the run directory
+    when that is a URL; unchanged for a local run directory."""
+    storage = results_storage(root)
+    return flow if storage is None else flow.with_options(result_storage=storage)
 
 
 RESULT_OPTIONS = dict(persist_result=True, result_serializer=RecordJSONSerializer())

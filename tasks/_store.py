@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +22,8 @@ from llamaduo.records import Artifact, StudentRef
 from llamaduo.runstore import RunStore, is_url, syncing_checkpoints
 
 SERVICE_CACHE = "cache/service"
-SYNC_EVERY_S = 10.0
+# How often paid replies and finished checkpoints reach the store while a stage runs.
+SYNC_EVERY_S = float(os.environ.get("LLAMADUO_SYNC_EVERY_S", "10"))
 
 
 def artifact_paths(value: Any) -> list[str]:

@@ -91,7 +91,7 @@ class Stack:
         out = subprocess.run([sys.executable, "-m", "deployments.pools", "create"], cwd=ROOT, env=self.env,
                              capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-        self.cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+        self.cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "llamaduo-migrate")
         self.start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "llamaduo-pool"])
 
     def down(self) -> None:

@@ -20,30 +20,68 @@ def test_dockerfile_builds_a_cuda_worker_with_the_project():
     assert any(l.startswith("ENTRYPOINT") and "refuse-example-secrets.sh" in l for l in lines)
 
 
-def test_compose_has_postgres_server_and_gpu_worker():
+WORKERS = {"worker-cpu": "llamaduo-pool", "worker-gpu": "gpu"}  # service -> the pool it serves
+
+
+def test_compose_has_postgres_server_minio_and_two_workers():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "prefect-server", "worker"}
+    assert set(services) == {"postgres", "prefect-server", "minio", "minio-init", "worker-cpu", "worker-gpu"}
     server_env = services["prefect-server"]["environment"]
     assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
     assert "@postgres:5432/" in server_env["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert server_env["PREFECT_SERVER_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING:?")
-    worker = services["worker"]
-    assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
-    assert worker["environment"]["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING:?")
-    gpu = worker["deploy"]["resources"]["reservations"]["devices"][0]
-    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
-    assert worker["build"]["dockerfile"] == "docker/Dockerfile"
-    assert set(compose["volumes"]) >= {"pgdata", "runs"}
+    for name in WORKERS:
+        worker = services[name]
+        assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        assert worker["environment"]["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING:?")
+        assert worker["build"]["dockerfile"] == "docker/Dockerfile"
+        # `pools create` needs the API: the worker waits for the server's health check, not its start
+        assert worker["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+        # the crash automation (flows/gpu.py) waits 90 s for a heartbeat; Prefect's default is 180 s
+        assert int(worker["environment"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) < 90
+    assert "healthcheck" in services["prefect-server"] and "healthcheck" in services["postgres"]
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["count"] == 1 and "gpu" in gpu["capabilities"]
+    assert "deploy" not in services["worker-cpu"]
+    assert set(compose["volumes"]) >= {"pgdata", "runs", "miniodata"}
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+
+
+def test_workers_serve_the_pools_the_deployments_name():
+    """The parent deployment stays on llamaduo-pool, the GPU stages' deployment is on gpu: a worker on
+    any other pool would leave their runs scheduled forever."""
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    doc = yaml.safe_load((DOCKER.parent / "deployments" / "prefect.yaml").read_text())
+    deployment_pools = {d["name"]: d["work_pool"]["name"] for d in doc["deployments"]}
+    assert deployment_pools == {"llamaduo-migrate": "llamaduo-pool", "gpu": "gpu"}
+    assert set(WORKERS.values()) == set(deployment_pools.values())
+    for name, pool in WORKERS.items():
+        cmd = " ".join(compose["services"][name]["command"])
+        assert f"deployments.pools create --name {pool} " in cmd + " "
+        assert f"worker start --pool {pool} --type process" in cmd
+        # the pool gets the shipped template before the worker could create it with Prefect's default
+        assert cmd.index("deployments.pools create") < cmd.index("worker start")
+    assert "--limit 1" in " ".join(compose["services"]["worker-gpu"]["command"]), "one GPU, one stage at a time"
+
+
+def test_gpu_worker_has_no_provider_key():
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    gpu, cpu = compose["services"]["worker-gpu"], compose["services"]["worker-cpu"]
+    assert not [k for k in gpu["environment"] if k.endswith(("_API_KEY", "_TOKEN"))]
+    assert "env_file" not in gpu
+    assert {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"} <= set(cpu["environment"])
 
 
 def test_env_example_names_every_variable_compose_uses():
     import re
 
-    used = set(re.findall(r"\$\{(\w+)\}", (DOCKER / "compose.yaml").read_text()))
-    declared = {l.split("=")[0] for l in (DOCKER / ".env.example").read_text().splitlines() if "=" in l}
-    assert used <= declared
+    # ${X}, ${X:-default}, ${X:?message}, ${X-default}, ${X?message}
+    used = set(re.findall(r"\$\{(\w+)(?:[:?+-][^}]*)?\}", (DOCKER / "compose.yaml").read_text()))
+    declared = {l.split("=")[0] for l in (DOCKER / ".env.example").read_text().splitlines()
+                if "=" in l and not l.startswith("#")}
+    assert {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "LLAMADUO_S3_SECRET_KEY", "ANTHROPIC_API_KEY"} <= used
+    assert used <= declared, used - declared
 
 
 def test_prefect_yaml_deployment():
@@ -55,7 +93,7 @@ def test_prefect_yaml_deployment():
     assert dep["schedules"][0]["cron"] and dep["schedules"][0]["active"] is False
 
 
-SECRETS = {"POSTGRES_PASSWORD", "PREFECT_AUTH_STRING"}
+SECRETS = {"POSTGRES_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD", "LLAMADUO_S3_SECRET_KEY"}
 
 
 def _walk(node):
@@ -98,11 +136,32 @@ def test_example_secrets_are_refused_at_start(tmp_path):
     assert refused.returncode == 1 and "change-me" in refused.stderr
     empty = subprocess.run(["/bin/sh", str(script), "true"], env=base, capture_output=True, text=True)
     assert empty.returncode == 1
-    ok = subprocess.run(["/bin/sh", str(script), "true"], env={**base, "PREFECT_API_AUTH_STRING": "admin:s3cr3t",
-                                                               "POSTGRES_PASSWORD": "x9"}, capture_output=True)
+    ok_env = {**base, "PREFECT_API_AUTH_STRING": "admin:s3cr3t", "POSTGRES_PASSWORD": "x9"}
+    ok = subprocess.run(["/bin/sh", str(script), "true"], env=ok_env, capture_output=True)
     assert ok.returncode == 0
+    # the workers' store key (LLAMADUO_S3_SECRET_KEY) is checked where set; unset (an instance role) passes
+    store = subprocess.run(["/bin/sh", str(script), "true"], env={**ok_env, "AWS_SECRET_ACCESS_KEY": "change-me"},
+                           capture_output=True, text=True)
+    assert store.returncode == 1 and "change-me" in store.stderr
+    assert subprocess.run(["/bin/sh", str(script), "true"], env={**ok_env, "AWS_SECRET_ACCESS_KEY": "Zq81x"}
+                          ).returncode == 0
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     assert "refuse-example-secrets.sh" in " ".join(compose["services"]["prefect-server"]["entrypoint"])
+
+
+def test_minio_init_refuses_example_secrets():
+    """minio-init runs MinIO's mc image (not ours): its own script refuses 'change-me' before it
+    creates the bucket and the workers' user. Run that script as compose would (`$$` is `$`)."""
+    import subprocess
+
+    init = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["minio-init"]
+    script = init["command"][0].replace("$$", "$")
+    base = {"PATH": "/usr/bin:/bin", "MINIO_ROOT_USER": "llamaduo-admin", "S3_USER": "llamaduo", "BUCKET": "llamaduo"}
+    for root, secret in (("change-me", "Zq81x"), ("Rt55q", "change-me")):
+        run = subprocess.run(init["entrypoint"] + [script], env={**base, "MINIO_ROOT_PASSWORD": root,
+                                                                  "S3_SECRET": secret},
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 1 and "change-me" in run.stderr
 
 
 def test_keys_runs_and_envs_stay_out_of_git_and_images():
@@ -114,7 +173,8 @@ def test_keys_runs_and_envs_stay_out_of_git_and_images():
 
 def test_results_live_on_a_volume():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    worker = compose["services"]["worker"]
-    results = worker["environment"]["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]
-    mounts = {v.split(":")[1] for v in worker["volumes"]}
-    assert any(results.startswith(m) for m in mounts)
+    for name in WORKERS:
+        worker = compose["services"][name]
+        results = worker["environment"]["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]
+        mounts = {v.split(":")[0]: v.split(":")[1] for v in worker["volumes"]}
+        assert results.startswith(mounts["runs"] + "/"), f"{name}: results are not on the runs volume"
