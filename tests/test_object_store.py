@@ -157,6 +157,7 @@ def _run(cfg_path: Path, workdir: str, env: dict) -> subprocess.CompletedProcess
 
 
 @pytest.mark.slow
+@pytest.mark.distributed  # make test-distributed
 def test_a_run_on_a_bucket_keeps_everything_there_and_a_rerun_pays_nothing(tmp_path, tiny_model_dir, s3):
     import boto3
 
