@@ -1,4 +1,4 @@
-"""`llamaduo run|validate` — the console entry point.
+"""`llamaduo run|validate|serve` — the console entry point.
 
 Exit codes (the design contract): 0 gate passed, 3 stopped without passing (rounds, budget, plateau),
 2 invalid config or data, an endpoint that refuses the preflight call (the message names
@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check config and data, print the plan")
     val.add_argument("config")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    from llamaduo.serve import add_arguments as add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="serve an exported model behind an OpenAI-compatible API "
+                                       "(/v1/chat/completions, /v1/models)"))
     return p
 
 
@@ -39,7 +43,9 @@ def plan(cfg, pf) -> str:
     rounds = cfg.gate.max_rounds
     cost = "unknown price (self-hosted: free)" if est["cost_usd"] is None else f"~${est['cost_usd']:.4f}"
     total = "" if est["run_cost_usd_max"] is None else f", at most ~${est['run_cost_usd_max']:.4f}"
-    baselines = f" (incl. {est['baseline_calls']} for baselines)" if est["baseline_calls"] else ""
+    extra = [f"{est[k]} for {what}" for k, what in (("baseline_calls", "baselines"),
+                                                     ("calibration_calls", "judge calibration")) if est.get(k)]
+    baselines = f" (incl. {', '.join(extra)})" if extra else ""
     removed = ", ".join(f"{k} {v}" for k, v in sorted(sp.removed.items())) or "none"
     lines = [
         f"run '{cfg.name}': student {cfg.student.model}, service {cfg.service.model}, judge {cfg.judge_model}",
@@ -107,6 +113,10 @@ def _stop_children() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve":  # no config: everything it needs was recorded at export
+        from llamaduo.serve import serve
+
+        return serve(args)
     from llamaduo.config import load_config
     from llamaduo.errors import InputError
     from llamaduo.preflight import preflight, probe_run_dir

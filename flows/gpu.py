@@ -1,4 +1,4 @@
-"""GPU stages (fine-tuning, student inference, export) on a GPU work pool.
+"""GPU stages (fine-tuning, student inference, export, the decision page's latency measurement) on a GPU work pool.
 
 One setting chooses where they run: without `LLAMADUO_GPU_DEPLOYMENT` every stage runs in the
 flow's own process (the default). With it (e.g. `llamaduo-gpu-stage/gpu`; deployments/prefect.yaml
@@ -33,12 +33,14 @@ from llamaduo.runstore import RunStore, is_url
 from llamaduo.store import sha256_text
 from tasks._policy import run_stage
 from tasks._results import RESULT_OPTIONS
+from tasks.decision import decide
 from tasks.evaluate import infer
 from tasks.export import export
 from tasks.train import finetune
 
 GPU_DEPLOYMENT_ENV = "LLAMADUO_GPU_DEPLOYMENT"
-GPU_STAGES = {t.name: t for t in (finetune, infer, export)}
+# decide: the student's latency is measured where it would be served.
+GPU_STAGES = {t.name: t for t in (finetune, infer, export, decide)}
 MAX_CRASHED_ATTEMPTS = 3  # a stage whose worker died is started again this many times in all
 RECEIPTS = ".llamaduo/receipts"
 WATCH_PARENT_S = 3.0

@@ -11,17 +11,20 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from llamaduo.calibration import agreement_stop, describe, judge_metric_for, pass_score_for
 from llamaduo.config import STANDIN_MODEL, RunConfig, provider_of
-from llamaduo.gate import STOP_PASSED, best_round
+from llamaduo.gate import STOP_JUDGE_DISAGREES, STOP_PASSED, best_round
 from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
-from llamaduo.records import Evaluation, ServiceStats, SplitResult, StudentRef
+from llamaduo.records import Artifact, Calibration, Evaluation, ServiceStats, SplitResult, StudentRef, Summary
 from llamaduo.standin import LABEL as STANDIN_LABEL
 from llamaduo.runstore import RunStore
-from llamaduo.store import RunDir, lock_run_dir
+from llamaduo.store import RunDir, lock_run_dir, sha256_path
 from llamaduo.summary import write_summary
 from tasks._policy import run_stage
 from tasks._results import RESULT_OPTIONS, quarantine_untrusted_results, results_location, with_results_beside
+from tasks.calibrate import calibrate
 from tasks.data import prepare_data, prepare_student
+from tasks.decision import decide, existing_artifact
 from tasks.evaluate import service_answers
 from tasks.export import export
 
@@ -31,6 +34,16 @@ from .operator import operator_setting as _operator_setting
 from .round import migration_round
 from .stages import evaluate_student, judge_answers, round_record, service_stage
 from .state import LoopState, StopLoop, record_round, summary_for
+
+
+def _calibrate_judge(cfg: RunConfig, root: str, state: LoopState) -> tuple[Calibration, str | None]:
+    """The judge scores people's rated answers (judge.calibration_path) before anything is
+    trained; returns the agreement and why the run must stop (None: it goes on)."""
+    out, path = "calibration/judged.jsonl", cfg.judge.calibration_path
+    res = service_stage(state, calibrate, out, root=root, judge=cfg.judge, endpoint=cfg.judge_endpoint(),
+                        limits=cfg.service, budget=cfg.budget, ratings_file=path, ratings_sha256=sha256_path(path),
+                        judge_metric=judge_metric_for(cfg.gate), pass_score=pass_score_for(cfg.gate), out=out)
+    return agreement_stop(res.calibration, cfg.judge.min_agreement)
 
 
 def _service_baseline(cfg: RunConfig, root: str, data: SplitResult, state: LoopState) -> None:
@@ -53,6 +66,19 @@ def _base_student(cfg: RunConfig, root: str, student: StudentRef, data: SplitRes
     state.last_val_judged = val.judged if val else None
     record_round(state, cfg, root, data, round_record(cfg, state, 0, ev, inf, val, state.spent.minus(spent_before),
                                                       durations, train_rows=0, synthetic_rows_added=0))
+
+
+def _decision(cfg: RunConfig, root: str, data: SplitResult, summary: Summary, model: Artifact | None) -> None:
+    """decision.json + decision.md: the page a reviewer signs (the student measured when exported)."""
+    d, _ = run_gpu_stage(decide, "decision.json", root=root, summary=summary, gate=cfg.gate,
+                     endpoint=cfg.service_endpoint(), limits=cfg.service, infer_cfg=cfg.infer,
+                     system_prompt=cfg.student.system_prompt, test=data.test, model=model,
+                     service_judged=existing_artifact(root, "baselines/service/judged.jsonl")
+                     if cfg.judge.service_baseline else None,
+                     plot=existing_artifact(root, "report/metrics.png"), usd_per_hour=cfg.decision.usd_per_hour,
+                     prices={k: getattr(cfg.service, k) for k in ("input_cost_per_mtok", "output_cost_per_mtok")},
+                     min_agreement=cfg.judge.min_agreement, out="decision.json")
+    get_run_logger().info("decision: %s", d.verdict_line)
 
 
 # No log_prints: it diverts every library print into the run log (dill's captured `dis` output
@@ -81,6 +107,11 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
     state = LoopState(train_parts=[data.train], train_rows=data.train_rows, spent=preflight_spend or ServiceStats(),
                       preflight=preflight_spend or ServiceStats())
     try:
+        if cfg.judge.calibration_path:  # first: a judge people disagree with must not steer training
+            state.calibration, disagrees = _calibrate_judge(cfg, root, state)
+            log.info(describe(state.calibration))
+            if disagrees:
+                raise StopLoop(STOP_JUDGE_DISAGREES, disagrees)
         if cfg.judge.service_baseline:
             _service_baseline(cfg, root, data, state)
         if cfg.gate.baseline:
@@ -92,19 +123,22 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
         state = migration_round(cfg, root, student, data, 1, state)
     best = best_round(state.rounds, cfg.gate.metric)
     passed = state.stop_reason == STOP_PASSED
-    final_dir, check = None, None
+    final_dir, check, exported_model = None, None, None
     if best is not None:
         label = STANDIN_LABEL if cfg.service.model == STANDIN_MODEL else "service LLM"
         exp, _ = run_gpu_stage(export, "final_model", root=root, student=student, best=best,
-                           summary=summary_for(state, cfg, data, passed=passed, exported=best), teacher_label=label,
+                           summary=summary_for(state, cfg, data, passed=passed, exported=best),
+                           teacher_label=label,
                            infer_cfg=cfg.infer, system_prompt=cfg.student.system_prompt, test=data.test,
                            answers=best.answers, out="final_model")
-        final_dir, check = store.where("final_model"), exp.check
+        final_dir, check, exported_model = store.where("final_model"), exp.check, exp.model
         if check.get("reproduces") is False:
             log.warning("the exported weights did not reproduce %d of %d evaluated answers",
                         check["checked"] - check["matched"], check["checked"])
-    summary_path = write_summary(root, summary_for(state, cfg, data, passed=passed, final_model_dir=final_dir,
-                                                   exported=best, export_check=check))
+    summary = summary_for(state, cfg, data, passed=passed, final_model_dir=final_dir, exported=best,
+                          export_check=check)
+    _decision(cfg, root, data, summary, exported_model)
+    summary_path = write_summary(root, summary)
     log.info("done: passed=%s stop_reason=%s rounds=%d", passed, state.stop_reason,
              len([r for r in state.rounds if r.round >= 1]))
     return {"summary_path": summary_path, "passed": passed, "stop_reason": state.stop_reason,

@@ -32,7 +32,7 @@ def summary_for(state: LoopState, cfg: RunConfig, data: SplitResult | None, *, p
                                     removed=data.removed) if data else DataSummary(),
                    baselines=state.baselines, baseline_evaluations=state.baseline_evaluations,
                    service_total=state.spent, preflight=state.preflight,
-                   rounds=sorted(state.rounds, key=lambda r: r.round))
+                   rounds=sorted(state.rounds, key=lambda r: r.round), calibration=state.calibration)
 
 
 def record_round(state: LoopState, cfg: RunConfig, root: str, data: SplitResult, entry: RoundRecord) -> None:

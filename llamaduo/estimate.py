@@ -1,6 +1,7 @@
 """Before anything is spent: calls, tokens and cost per round and for the whole run (printed by
-`llamaduo validate`). Counts waves, judge repeats, sampled answers, the validation split and
-the baselines, priced per endpoint (service and judge may differ)."""
+`llamaduo validate`). Counts waves, judge repeats, sampled answers, the validation split, the
+baselines and the judge calibration set (read and validated here, so a bad rating is an input
+error before anything is spent), priced per endpoint (service and judge may differ)."""
 
 from __future__ import annotations
 
@@ -34,26 +35,47 @@ def run_estimate(cfg: RunConfig, train: list[Example], val: list[Example], test:
     judge_completion = min(JUDGE_REPLY_TOKENS, JUDGE_MAX_TOKENS)
     base_calls = (len(test) + len(val)) * per_eval if cfg.gate.baseline else 0
     service_baseline_calls = len(test) * (1 + cfg.judge.repeats) if cfg.judge.service_baseline else 0
+    calibration_calls, calibration_prompt = _calibration_calls(cfg)
     synth_cost = _cost(cfg.service_endpoint(), synth_calls * synth_prompt, synth_calls * synth_completion)
     judge_cost = _cost(cfg.judge_endpoint(), judge_calls * judge_prompt, judge_calls * judge_completion)
-    extra_cost = _cost(cfg.judge_endpoint(), (base_calls + service_baseline_calls) * judge_prompt,
-                       (base_calls + service_baseline_calls) * judge_completion)
+    extra_cost = _cost(cfg.judge_endpoint(),
+                       (base_calls + service_baseline_calls) * judge_prompt + calibration_prompt,
+                       (base_calls + service_baseline_calls + calibration_calls) * judge_completion)
     known = None not in (synth_cost, judge_cost, extra_cost)
     per_round = (synth_cost + judge_cost) if known else None
     rounds = cfg.gate.max_rounds
     worst_synth = synth_calls * cfg.synth.max_waves
     return {"synth_calls": synth_calls, "synth_calls_max": worst_synth, "judge_calls": judge_calls,
             "calls": synth_calls + judge_calls, "baseline_calls": base_calls + service_baseline_calls,
+            "calibration_calls": calibration_calls,
             "prompt_tokens": synth_calls * synth_prompt + judge_calls * judge_prompt,
             "completion_tokens": synth_calls * synth_completion + judge_calls * judge_completion,
             "cost_usd": per_round,
-            "run_calls_max": (worst_synth + judge_calls) * rounds + base_calls + service_baseline_calls,
+            "run_calls_max": (worst_synth + judge_calls) * rounds + base_calls + service_baseline_calls
+            + calibration_calls,
             "run_cost_usd_max": (synth_cost * cfg.synth.max_waves + judge_cost) * rounds + extra_cost
             if known else None}
 
 
+def _calibration_calls(cfg: RunConfig) -> tuple[int, int]:
+    """(judge calls, prompt tokens) of judging the calibration set once: every row x repeats."""
+    if not cfg.judge.calibration_path:
+        return 0, 0
+    from .calibration import load_ratings
+
+    template = judge_template(cfg.judge.prompt_template)
+    ratings = load_ratings(cfg.judge.calibration_path)
+    prompt = sum(approx_tokens(template.render(instruction=r.instruction, reference=r.reference,
+                                               candidate=r.candidate)) for r in ratings)
+    return len(ratings) * cfg.judge.repeats, prompt * cfg.judge.repeats
+
+
 def warnings_for(cfg: RunConfig) -> list[str]:
     out = []
+    calibration_calls, _ = _calibration_calls(cfg)
+    if calibration_calls >= cfg.budget.max_calls:
+        out.append(f"judging the calibration set takes {calibration_calls} calls, budget.max_calls is "
+                   f"{cfg.budget.max_calls}: the run would stop at the budget before any training")
     if cfg.judge.repeats > 1 and cfg.judge.temperature == 0:
         out.append(f"judge.repeats is {cfg.judge.repeats} at judge.temperature 0: repeats will mostly agree and "
                    "cost as much as independent judgements (set a temperature > 0, or repeats: 1)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import InferConfig
 from .metrics import METRIC_NAMES
 from .records import Artifact, ExportResult, RoundRecord, StudentRef, Summary
-from .store import atomic_write_text, read_jsonl, staged_dir
+from .store import atomic_write_json, atomic_write_text, read_jsonl, staged_dir
 
 CHECK_ITEMS = 3
 
@@ -33,9 +33,13 @@ def check_reproduces(model_dir: Path, items: list[dict], expected: dict[str, str
 
 
 def export_model(root: str | Path, student: StudentRef, best: RoundRecord, card_for, infer: InferConfig,
-                 system_prompt: str | None, test: Artifact, answers: Artifact | None, out: str) -> ExportResult:
-    """`card_for(check)` renders the model card once the reproduction check is known."""
+                 system_prompt: str | None, test: Artifact, answers: Artifact | None, out: str,
+                 name: str | None = None) -> ExportResult:
+    """`card_for(check)` renders the model card once the reproduction check is known. `llamaduo.json`
+    records what `llamaduo serve` needs to answer as in evaluation (system prompt, max new tokens) and
+    the run's `name` (the served model id; without it the server reads it from summary.json)."""
     from .models import save_merged
+    from .serve import META_FILE, export_metadata
 
     t0 = time.time()
     root = Path(root)
@@ -48,6 +52,9 @@ def export_model(root: str | Path, student: StudentRef, best: RoundRecord, card_
             items = read_jsonl(test.at(root))[:CHECK_ITEMS]
             expected = {r["id"]: r["answer"] for r in read_jsonl(answers.at(root))}
             check = check_reproduces(tmp / "merged", items, expected, infer, system_prompt)
+        atomic_write_json(tmp / META_FILE, export_metadata(
+            name=name, system_prompt=system_prompt, max_new_tokens=infer.max_new_tokens, batch_size=infer.batch_size,
+            backend=infer.backend, student=student.id, round=best.round))
         atomic_write_text(tmp / "README.md", card_for(check))
     return ExportResult(model=Artifact.of(root, out), check=check, seconds=round(time.time() - t0, 3))
 
@@ -83,12 +90,30 @@ def model_card(summary: Summary, best: RoundRecord | None, teacher_label: str, c
                   "|---|---|---|---|"]
         for c in best.gate.criteria:
             lines.append(f"| {c.name} | {_fmt(c.value)} | {c.threshold:g} | {'yes' if c.passed else 'no'} |")
-    lines += ["", "## Layout", "", "- `merged/`: full model (safetensors) with tokenizer and chat template",
-              "- `adapter/`: the LoRA adapter alone", "", "## Lineage", "", "```json",
+    lines += ["", *use_it_lines(summary.name), "", "## Layout", "",
+              "- `merged/`: full model (safetensors) with tokenizer and chat template",
+              "- `adapter/`: the LoRA adapter alone",
+              "- `llamaduo.json`: the system prompt and generation settings it was trained and evaluated with",
+              "", "## Lineage", "", "```json",
               json.dumps({"data": summary.data.model_dump(),
                           "rounds": [{"round": r.round, "dropped": r.dropped, "service": r.service.model_dump()}
                                      for r in summary.rounds]}, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def use_it_lines(name: str) -> list[str]:
+    """How an application swaps the service LLM for this model: two lines change."""
+    from .serve import DEFAULT_HOST, DEFAULT_PORT, served_model_id, swap_in_lines
+
+    base_url, model = swap_in_lines(served_model_id(name))
+    return ["## Use it in place of the service LLM", "",
+            "Start the endpoint (OpenAI-compatible, greedy by default, the run's system prompt and chat template):",
+            "", "```sh", f"llamaduo serve RUN_DIR --port {DEFAULT_PORT}", "```", "",
+            "In the application, change these two lines (HOST:PORT is where `llamaduo serve` listens, "
+            f"{DEFAULT_HOST}:{DEFAULT_PORT} by default):", "", "```python",
+            "from openai import OpenAI", "", f"client = OpenAI({base_url}, api_key=\"unused\")",
+            f"reply = client.chat.completions.create({model}, messages=[{{\"role\": \"user\", \"content\": "
+            "\"...\"}])", "```"]
 
 
 def _metric_cols(summary: Summary) -> list[str]:

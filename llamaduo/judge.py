@@ -74,6 +74,8 @@ def score_items(items: list[dict], answers: list[list[str]], results: list[Resul
                "exact_match": mean(float(normalize(a) == normalize(item["response"])) for a in samples),
                "judge_parse_failures": parse_fail, "judge_call_failures": call_fail,
                "judge_valid": valid, "judge_requested": len(samples) * repeats}
+        if item.get("category"):  # quality per category on the decision page
+            row["category"] = item["category"]
         if cosines is not None:
             row["embedding_cosine"] = mean(cosines[i])
         if sims:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from .records import Artifact, Evaluation, RoundRecord, ServiceStats
+from .records import Artifact, Calibration, Evaluation, RoundRecord, ServiceStats
 
 
 class Invocation(BaseModel):
@@ -29,6 +29,7 @@ class LoopState(BaseModel):
     last_adapter: Artifact | None = None  # the previous round's adapter (train.warm_start continues it)
     invocation: Invocation = Field(default_factory=Invocation)
     preflight: ServiceStats = Field(default_factory=ServiceStats)  # the preflight's probe calls
+    calibration: Calibration | None = None  # the judge's agreement with people (None: not calibrated)
 
     def charge(self, stats: ServiceStats, fresh: bool) -> None:
         self.spent = self.spent.plus(stats)

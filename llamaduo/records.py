@@ -236,3 +236,154 @@ class Summary(_Record):
                                                         "baseline was answered and judged.")
     service_total: ServiceStats = Field(default_factory=ServiceStats)
     rounds: list[RoundRecord] = Field(default_factory=list)
+    calibration: "Calibration | None" = Field(None, description="The judge's agreement with people's ratings "
+                                              "(judge.calibration_path); null = the judge is not calibrated.")
+
+
+class LatencyStats(_Record):
+    """The student measured through `llamaduo serve` (llamaduo.latency.measure_student)."""
+    p50_s: float = Field(description="Median seconds for one request, requests sent one after another.")
+    p95_s: float = Field(description="95th percentile of the same (linear interpolation).")
+    throughput_rps: float = Field(description="Completed requests per second with `concurrency` requests in flight.")
+    concurrency: int
+    requests: int = Field(description="Requests timed for p50/p95 (the throughput phase sends at least as many).")
+    hardware: str = Field(description="The machine that answered: GPU name, or CPU model and cores.")
+    backend: str = Field(description="transformers or vllm, and the device.")
+    endpoint_note: str = Field(description="How it was measured, for the reader of the decision page.")
+    completion_tokens_mean: float | None = Field(None, description="Mean new tokens per answer (sequential phase).")
+    prompt_tokens_mean: float | None = Field(None, description="Mean prompt tokens per request (chat template "
+                                             "and system prompt included).")
+
+
+# -- judge calibration (llamaduo/calibration.py) ---------------------------------------------------
+class CalibrationRow(_Record):
+    """One rated row as the judge scored it: the report's worst-agreeing rows."""
+    line: int = Field(description="Line (row) of the calibration file.")
+    instruction: str
+    reference: str
+    candidate: str
+    human_score: float | None = None
+    human_pass: bool | None = None
+    judge_score: float
+    human_rank: float = Field(description="Average rank of the people's rating among the rows (1 = lowest).")
+    judge_rank: float = Field(description="Average rank of the judge's score among the rows (1 = lowest).")
+    rank_gap: float = Field(description="|human_rank - judge_rank| / rows: 0 = same place, near 1 = opposite ends.")
+
+
+class Calibration(_Record):
+    """How well the judge agrees with people on this task, measured before any training."""
+    source: str = Field(description="The calibration file's name.")
+    sha256: str
+    judge: str = Field(description="The judge model that scored the rows.")
+    kind: str = Field(description="score: every row has human_score; pass: every row has human_pass only; mixed.")
+    rows: int = Field(description="Rated rows in the file.")
+    n: int = Field(description="Rows with a valid judgement: what the agreement is computed on.")
+    computed: bool = Field(description="False: too few judged rows (at least 10) or no order to compare.")
+    note: str = ""
+    judge_metric: str = Field(description="The judge's per-row score compared (the gate's judge metric).")
+    pass_score: float = Field(description="A judge score at or above this is a pass (for kappa and accuracy).")
+    kendall_tau: float | None = None
+    tau_ci: tuple[float, float] | None = None
+    spearman_rho: float | None = None
+    rho_ci: tuple[float, float] | None = None
+    ci_level: float = 0.95
+    bootstrap_samples: int = 0
+    pass_rows: int = Field(0, description="Judged rows with human_pass: what kappa and accuracy are computed on.")
+    kappa: float | None = Field(None, description="Cohen's kappa of human_pass and judge score >= pass_score.")
+    accuracy: float | None = None
+    min_agreement: float | None = Field(None, description="judge.min_agreement the run checked tau against.")
+    agrees: bool | None = Field(None, description="tau >= min_agreement; null when no floor was set.")
+    worst: list[CalibrationRow] = Field(default_factory=list)
+    service: ServiceStats = Field(default_factory=ServiceStats)
+
+
+class CalibrationResult(ServiceStageResult):
+    calibration: Calibration | None = None
+    judged: Artifact | None = None
+
+
+Summary.model_rebuild()
+
+
+# -- the decision page (llamaduo/decision.py) ------------------------------------------------------
+class QualityStats(_Record):
+    """One group of test items on gate.metric: how many were scored, their mean with a 95% bootstrap
+    interval, and the share at or above the pass score."""
+    n: int
+    mean: float | None = None
+    ci95: tuple[float, float] | None = None
+    pass_rate: float | None = None
+
+
+class CategoryQuality(_Record):
+    category: str = Field(description="The coverage rows' `category` (`uncategorised` when a row has none).")
+    student: QualityStats | None = Field(None, description="The exported round's student.")
+    service: QualityStats | None = Field(None, description="The service LLM's own answers (service baseline).")
+    base: QualityStats | None = Field(None, description="The base student before fine-tuning (round 0).")
+
+
+class ServiceLatency(_Record):
+    """The service LLM's recorded baseline calls (reply-cache records of the baseline answers)."""
+    records: int = Field(description="Recorded calls found.")
+    timed: int = Field(description="Of those, calls that recorded their wall time (`latency_s`).")
+    p50_s: float | None = None
+    p95_s: float | None = None
+    prompt_tokens_mean: float
+    completion_tokens_mean: float
+    standin: bool = Field(False, description="The offline stand-in teacher answered: not a real service's latency.")
+
+
+class DecisionLatency(_Record):
+    student: LatencyStats | None = None
+    student_note: str = Field("", description="Why the student was not measured, when it was not.")
+    service: ServiceLatency | None = None
+
+
+class DecisionCost(_Record):
+    service_per_1k_usd: float | None = None
+    service_pricing: str = ""
+    student_per_1k_usd: float | None = None
+    usd_per_hour: float | None = Field(None, description="decision.usd_per_hour (null: not set).")
+    throughput_rps: float | None = None
+    service_spend_usd: float = Field(0.0, description="This run's service spend (migration cost, part 1).")
+    service_spend_basis: str = ""
+    training_hours: float = 0.0
+    training_usd: float | None = None
+    migration_usd: float | None = Field(None, description="service spend + training hours x usd_per_hour.")
+    notes: list[str] = Field(default_factory=list, description="What to set for what is not computed.")
+
+
+class BreakEven(_Record):
+    requests: float | None = Field(None, description="migration cost / saving per request (null: never or unknown).")
+    never: bool = Field(False, description="The student is not cheaper per request.")
+    saving_per_request_usd: float | None = None
+    note: str = ""
+
+
+class Decision(_Record):
+    """decision.json: the page a reviewer signs (DESIGN.md contract)."""
+    name: str
+    verdict: str = Field(description="replace | replace for categories | not yet")
+    verdict_line: str = Field(description="The verdict as the page's first line says it (with the categories, "
+                              "and 'judge not calibrated' when there is no calibration set).")
+    reasons: list[str] = Field(default_factory=list)
+    calibrated: bool
+    ready_categories: list[str] = Field(default_factory=list)
+    not_ready_categories: list[str] = Field(default_factory=list)
+    metric: str
+    threshold: float
+    pass_score: float
+    quality: list[CategoryQuality] = Field(default_factory=list)
+    overall: dict[str, QualityStats] = Field(default_factory=dict, description="student / service / base on all "
+                                             "test items.")
+    calibration: dict | None = Field(None, description="The judge's calibration (Summary.calibration).")
+    latency: DecisionLatency = Field(default_factory=DecisionLatency)
+    cost: DecisionCost = Field(default_factory=DecisionCost)
+    break_even: BreakEven = Field(default_factory=BreakEven)
+    worst_items: list[dict] = Field(default_factory=list)
+    spent: dict = Field(default_factory=dict)
+    endpoint: dict[str, str] = Field(default_factory=dict, description="`llamaduo serve` command and the two "
+                                     "lines an application changes (base_url, model).")
+    standin: bool = False
+    exported_round: int | None = None
+    stop_reason: str | None = None

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from .config import BudgetConfig, Endpoint, ServiceConfig, provider_of
 from .errors import InputError
+from .pacing import InProcessPacer, Pacer, PacerSession, ambient_pacer
 from .parsing import well_formed
 from .records import ServiceStats
 from .redact import redact, safe_message, secret_values
@@ -316,9 +317,13 @@ class ServiceClient:
     """
 
     def __init__(self, endpoint: Endpoint, limits: ServiceConfig, cache_dir: str | Path, *,
-                 budget: BudgetConfig | None = None, spent: ServiceStats | None = None, progress: bool = True):
+                 budget: BudgetConfig | None = None, spent: ServiceStats | None = None, progress: bool = True,
+                 pacer: Pacer | None = None):
         self.endpoint = endpoint
         self.limits = limits
+        # rpm/tpm/max_concurrency: this process's own, unless a caller (or the task around the
+        # library call, `pacing`) shares them with other processes on the same key.
+        self.pacer = pacer or ambient_pacer(endpoint) or InProcessPacer.of(limits)
         self.cache = ResponseCache(cache_dir)
         self.budget = budget
         self.spent = spent or ServiceStats()
@@ -398,8 +403,9 @@ class ServiceClient:
         """One attempt: one request to the provider, its reply as a cache record."""
         import litellm
 
+        t0 = time.perf_counter()  # the attempt's wall time: service latency on the decision page
         if self.endpoint.is_standin:
-            return self._standin_call(request)
+            return {**self._standin_call(request), "latency_s": round(time.perf_counter() - t0, 6)}
         kwargs: dict[str, Any] = dict(model=self.endpoint.model, messages=request.messages,
                                       temperature=request.temperature, max_tokens=request.max_tokens,
                                       timeout=self.limits.timeout_s, max_retries=0)
@@ -423,7 +429,8 @@ class ServiceClient:
             except Exception:  # noqa: BLE001 - unpriced self-hosted endpoint (allowed only at max_usd 0)
                 cost = 0.0
         return {"content": content, "model": self.endpoint.model, "finish_reason": choice.finish_reason,
-                "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost, "created": time.time()}
+                "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost, "created": time.time(),
+                "latency_s": round(time.perf_counter() - t0, 6)}
 
     def _standin_call(self, request: Request) -> dict:
         """The offline stand-in teacher, configured per call by this endpoint's pool."""
@@ -452,7 +459,7 @@ class ServiceClient:
             log.error("%s: a paid reply could not be written to the reply cache: %s", self.endpoint.field,
                       self.cache_error)
 
-    async def _fetch(self, req: Request, key: str, sem, limiter, tpm_limiter) -> tuple[dict | None, Result | None]:
+    async def _fetch(self, req: Request, key: str, pace: PacerSession) -> tuple[dict | None, Result | None]:
         """The reply for `req`: from the cache (its recorded cost still counts: it was paid by
         this run directory), or from the provider within budget, each attempt reserved first."""
         import litellm
@@ -462,7 +469,7 @@ class ServiceClient:
             self.stats.cached += 1
             self._account(record)
             return record, None
-        async with sem:
+        async with pace.call():
             if self.tripped or self.cache_error:
                 why = "the service is failing" if self.tripped else "the reply cache cannot be written"
                 return None, Result(False, error=f"not sent: {why}", kind="skipped")
@@ -486,9 +493,7 @@ class ServiceClient:
                     self.stats.retries += 1
                 settled = False
                 try:
-                    async with limiter:
-                        if tpm_limiter is not None:
-                            await tpm_limiter.acquire(min(tokens, tpm_limiter.max_rate))
+                    async with pace.send(tokens):
                         record = await self._send(req)
                     self._settle(worst, record)
                     settled = True
@@ -510,12 +515,11 @@ class ServiceClient:
         self._store(key, record)
         return record, None
 
-    async def _one(self, request: Request, parse: Callable[[str], Any], salt: dict, sem, limiter,
-                   tpm_limiter) -> Result:
+    async def _one(self, request: Request, parse: Callable[[str], Any], salt: dict, pace: PacerSession) -> Result:
         req, error = request, None
         for reask in range(self.limits.max_parse_retries + 1):
             key = self.cache.key(self.endpoint.model, req, salt)
-            record, failed = await self._fetch(req, key, sem, limiter, tpm_limiter)
+            record, failed = await self._fetch(req, key, pace)
             if failed is not None:
                 return failed
             content = well_formed(record.get("content") or "")
@@ -537,15 +541,9 @@ class ServiceClient:
     async def arun(self, requests: Sequence[Request], parse: Callable[[str], Any], *, salt: dict | None = None,
                    desc: str = "service", on_progress: Callable[[int, int], None] | None = None) -> list[Result]:
         import litellm
-        from aiolimiter import AsyncLimiter
         from tqdm.auto import tqdm
 
         litellm.suppress_debug_info = True
-        sem = asyncio.Semaphore(self.limits.max_concurrency)
-        # Limiters belong to this event loop. Paced, not bursty: one request every 60/rpm s
-        # never exceeds a sliding-window RPM limit.
-        limiter = AsyncLimiter(1, 60 / self.limits.rpm)
-        tpm_limiter = AsyncLimiter(self.limits.tpm / 6, 10) if self.limits.tpm else None
         salt = {**(salt or {}), "structured": self.structured}
         bar = tqdm(total=len(requests), desc=desc, unit="call", disable=None if self.progress else True, leave=False)
         done, failed = 0, 0
@@ -556,7 +554,7 @@ class ServiceClient:
 
         async def tracked(r: Request) -> Result:
             nonlocal done, failed
-            res = await self._one(r, parse, salt, sem, limiter, tpm_limiter)
+            res = await self._one(r, parse, salt, pace)
             bar.update(1)
             done += 1
             failed += res.kind in ("call", "parse")
@@ -568,7 +566,8 @@ class ServiceClient:
             return res
 
         try:
-            results = list(await asyncio.gather(*(tracked(r) for r in requests)))
+            async with self.pacer.session() as pace:  # the pacer's state belongs to this event loop
+                results = list(await asyncio.gather(*(tracked(r) for r in requests)))
         finally:
             bar.close()
         if self.cache_error:

@@ -8,7 +8,9 @@ two request kinds of the default prompts in the paper's output formats:
 * synthesis: `{"contents": [...]}` with pairs drawn from a pool dataset (the config's
   `service.standin_pool`, disjoint from the test split), chosen by a hash of the prompt;
 * judging: similarity = ROUGE-L F1 × 100 and precision = ROUGE-L recall × 100 of the
-  candidate against the reference.
+  candidate against the reference;
+* any other prompt (the service baseline's test prompts): the response of the most similar
+  pool instruction.
 
 The student, its training and inference are all real; only the teacher is simulated.
 """
@@ -73,10 +75,20 @@ def synth_reply(prompt: str, pool_path: str) -> str | None:
     return json.dumps({"contents": [{"instruction": i, "response": r} for i, r, _ in picks]})
 
 
+def answer_reply(prompt: str, pool_path: str) -> str:
+    """A plain request (the service baseline's test prompts): the response of the pool row whose
+    instruction is most like the prompt, as a service that knows the task would answer."""
+    pool = _pool(pool_path)
+    best = max(pool, key=lambda p: (rouge_l(prompt, p[0])["f"], p[0]))
+    return best[1]
+
+
 def reply(prompt: str, pool_path: str | None) -> str:
     text = judge_reply(prompt)
     if text is None and pool_path:
         text = synth_reply(prompt, pool_path)
+        if text is None:
+            text = answer_reply(prompt, pool_path)
     if text is None:
         raise ValueError("the stand-in teacher only understands the default synthesis and judge prompts")
     return text

@@ -10,13 +10,17 @@ from llamaduo.config import BudgetConfig, Endpoint, InferConfig, JudgeConfig, Se
 from llamaduo.gpu import micro_batch_for_attempt
 from llamaduo.infer import answer_items
 from llamaduo.judge import evaluate_answers
+from llamaduo.pacing import pacing
 from llamaduo.records import AnswersResult, Artifact, EvalResult, ServiceStats, StudentRef
 
+from ._store import on_store
 from ._policy import STAGE_OPTIONS, progress_reporter
+from .pacing import shared_pacer
 from .train import GPU_RETRIES
 
 
 @task(name="infer", **STAGE_OPTIONS, tags=["gpu"], **GPU_RETRIES)
+@on_store
 def infer(root: str, infer_cfg: InferConfig, student: StudentRef, adapter: Artifact | None, items: Artifact,
           system_prompt: str | None, out: str) -> AnswersResult:
     return answer_items(root, infer_cfg, student, adapter, items, system_prompt, out,
@@ -24,15 +28,19 @@ def infer(root: str, infer_cfg: InferConfig, student: StudentRef, adapter: Artif
 
 
 @task(name="service-answers", **STAGE_OPTIONS, tags=["service"])
+@on_store
 def service_answers(root: str, endpoint: Endpoint, limits: ServiceConfig, infer_cfg: InferConfig,
                     budget: BudgetConfig, spent: ServiceStats, items: Artifact, system_prompt: str | None,
                     out: str) -> AnswersResult:
     """The service LLM's own answers to the test prompts: the ceiling the student is compared with."""
-    return collect_service_answers(root, endpoint, limits, infer_cfg, budget, spent, items, system_prompt, out)
+    with pacing(shared_pacer(endpoint, limits)):  # rpm/tpm/concurrency shared by every run on the key
+        return collect_service_answers(root, endpoint, limits, infer_cfg, budget, spent, items, system_prompt, out)
 
 
 @task(name="evaluate", **STAGE_OPTIONS, tags=["service"])
+@on_store
 def evaluate(root: str, judge: JudgeConfig, endpoint: Endpoint, limits: ServiceConfig, budget: BudgetConfig,
              spent: ServiceStats, items: Artifact, answers: Artifact, label: str, out: str) -> EvalResult:
-    return evaluate_answers(root, judge, endpoint, limits, budget, spent, items, answers, label, out,
-                            on_progress=progress_reporter(f"{label} judging"))
+    with pacing(shared_pacer(endpoint, limits)):  # the judge's endpoint: its provider and key
+        return evaluate_answers(root, judge, endpoint, limits, budget, spent, items, answers, label, out,
+                                on_progress=progress_reporter(f"{label} judging"))

@@ -18,4 +18,4 @@ def export(root: str, student: StudentRef, best: RoundRecord, summary: Summary, 
            infer_cfg: InferConfig, system_prompt: str | None, test: Artifact, answers: Artifact | None,
            out: str) -> ExportResult:
     return export_model(root, student, best, lambda check: model_card(summary, best, teacher_label, check),
-                        infer_cfg, system_prompt, test, answers, out)
+                        infer_cfg, system_prompt, test, answers, out, name=summary.name)

@@ -1,0 +1,259 @@
+"""`llamaduo serve`: a tiny student exported by the library's export stage, served by the real CLI in a
+child process, called with the `openai` client; greedy answers equal the evaluated ones. Also the bad
+inputs (no exported model: exit 2), the vLLM engine's plumbing (stand-in `vllm` package: same prompt
+token ids) and `measure_student` (numbers from the same endpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from llamaduo.config import InferConfig
+from llamaduo.export import export_model, model_card
+from llamaduo.infer import generate_answers, prompt_token_ids
+from llamaduo.models import load_tokenizer
+from llamaduo.records import Artifact, GateDecision, RoundRecord, StudentRef, Summary
+from llamaduo.store import atomic_write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME, MODEL_ID = "tiny-serve", "llamaduo-tiny-serve"
+SYSTEM = "You sort support tickets into one category."
+MAX_NEW = 8
+ITEMS = [{"id": f"t{i}", "instruction": text, "response": "x"} for i, text in enumerate(
+    ["My invoice shows the wrong amount.", "The app crashes when I open settings on my phone.",
+     "How do I reset my password?", "Please cancel my subscription"])]
+
+
+def _adapter(base: Path, dest: Path) -> Path:
+    """A LoRA adapter that changes the weights (B not zero): the served model must be the merged one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=2, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False))
+    model.save_pretrained(dest)
+    load_tokenizer(str(base)).save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tmp_path_factory) -> dict:
+    """A run directory as the flow leaves it: test split, the round's answers (evaluated with the
+    adapter, as `infer` does), and final_model/ written by `export_model`."""
+    root = tmp_path_factory.mktemp("run") / NAME
+    adapter = _adapter(tiny_model_dir, root / "rounds/round_01/adapter")
+    atomic_write_jsonl(root / "data/test.jsonl", ITEMS)
+    answers, _ = generate_answers(str(tiny_model_dir), str(adapter), ITEMS, system_prompt=SYSTEM,
+                                  max_new_tokens=MAX_NEW, batch_size=2, progress=False)
+    evaluated = {it["id"]: a[0] for it, a in zip(ITEMS, answers)}
+    atomic_write_jsonl(root / "rounds/round_01/answers.jsonl", [{"id": k, "answer": v} for k, v in evaluated.items()])
+    best = RoundRecord(round=1, train_rows=4, synthetic_rows_added=0,
+                       gate=GateDecision(passed=True, metric="judge_score", value=80.0, threshold=70.0),
+                       adapter=Artifact.of(root, "rounds/round_01/adapter"),
+                       answers=Artifact.of(root, "rounds/round_01/answers.jsonl"))
+    summary = Summary(name=NAME, passed=True, stop_reason="passed", final_model_dir=None, teacher="stand-in",
+                      judge="stand-in", student="tiny")
+    infer = InferConfig(max_new_tokens=MAX_NEW, batch_size=2, backend="hf")
+    result = export_model(root, StudentRef(id="tiny", path=str(tiny_model_dir)), best,
+                          lambda check: model_card(summary, best, "stand-in", check), infer, SYSTEM,
+                          Artifact.of(root, "data/test.jsonl"), best.answers, "final_model", name=NAME)
+    assert result.check["reproduces"] is True, result.check  # the export check itself
+    return {"root": root, "evaluated": evaluated, "check": result.check}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], env: dict | None = None):
+    """`llamaduo serve` through the real CLI module; returns (process, base_url) once it answers."""
+    import httpx
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", *args, "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"llamaduo serve exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    _stop(proc)
+    pytest.fail("llamaduo serve did not answer within 180 s")
+
+
+def _stop(proc) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    proc, base = _start([str(run_dir["root"])])
+    yield base
+    _stop(proc)
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models_lists_the_runs_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL_ID]
+
+
+def test_greedy_answers_equal_the_evaluated_ones(client, run_dir):
+    """No max_tokens, no temperature: the run's max_new_tokens, greedy, the run's system prompt."""
+    for it in ITEMS:
+        reply = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": it["instruction"]}])
+        assert reply.choices[0].message.content == run_dir["evaluated"][it["id"]], it["id"]
+        assert reply.model == MODEL_ID and reply.choices[0].finish_reason in ("stop", "length")
+        assert 0 < reply.usage.completion_tokens <= MAX_NEW
+    assert run_dir["check"]["matched"] == run_dir["check"]["checked"] == 3
+
+
+def test_concurrent_requests_are_batched_and_answer_the_same(client, server, run_dir):
+    import httpx
+
+    def ask(it):
+        return client.chat.completions.create(model=MODEL_ID, temperature=0, max_tokens=MAX_NEW,
+                                              messages=[{"role": "user", "content": it["instruction"]}])
+
+    for _ in range(3):  # requests that arrive while a batch generates wait for the next one (almost always)
+        with ThreadPoolExecutor(len(ITEMS)) as pool:
+            replies = list(pool.map(ask, ITEMS))
+        assert [r.choices[0].message.content for r in replies] == [run_dir["evaluated"][it["id"]] for it in ITEMS]
+        if httpx.get(f"{server}/health").json()["largest_batch"] == 2:  # the run's infer.batch_size
+            break
+    else:
+        pytest.fail("concurrent requests were never generated together")
+
+
+def test_max_tokens_cuts_the_answer(client, run_dir):
+    reply = client.chat.completions.create(model=MODEL_ID, max_tokens=2,
+                                           messages=[{"role": "user", "content": ITEMS[1]["instruction"]}])
+    assert reply.usage.completion_tokens <= 2
+    if reply.choices[0].finish_reason == "length":
+        assert run_dir["evaluated"][ITEMS[1]["id"]].startswith(reply.choices[0].message.content)
+
+
+def test_wrong_model_and_unsupported_options_are_refused_in_openais_shape(client):
+    import openai
+
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.NotFoundError, match=MODEL_ID):
+        client.chat.completions.create(model="gpt-4o", messages=msgs)
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.chat.completions.create(model=MODEL_ID, messages=msgs, stream=True)
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model=MODEL_ID, messages=[])
+
+
+def test_model_card_and_export_record_the_swap_in(run_dir):
+    final = run_dir["root"] / "final_model"
+    card = (final / "README.md").read_text()
+    assert 'base_url="http://127.0.0.1:8000/v1"' in card and f'model="{MODEL_ID}"' in card
+    meta = json.loads((final / "llamaduo.json").read_text())
+    assert meta["system_prompt"] == SYSTEM and meta["model_id"] == MODEL_ID and meta["max_new_tokens"] == MAX_NEW
+
+
+@pytest.mark.parametrize("where", ["folder", "url"])
+def test_a_run_without_an_exported_model_exits_2_naming_the_path(tmp_path, where):
+    (tmp_path / "run").mkdir()
+    target = str(tmp_path / "run") if where == "folder" else f"file://{tmp_path}/run"
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "serve", target, "--port", str(_free_port())],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LLAMADUO_SCRATCH": str(tmp_path / "scratch")})
+    assert proc.returncode == 2, proc.stderr
+    assert f"{target}/final_model/merged" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_run_directory_at_a_url_is_pulled_into_the_scratch_copy(run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from llamaduo.serve import locate
+
+    monkeypatch.setenv("LLAMADUO_SCRATCH", str(tmp_path / "scratch"))
+    store = tmp_path / "bucket" / NAME
+    shutil.copytree(run_dir["root"] / "final_model", store / "final_model")
+    served = locate(f"file://{store}")
+    assert served.model_dir.is_relative_to(tmp_path / "scratch") and (served.model_dir / "model.safetensors").is_file()
+    assert (served.model_id, served.system_prompt, served.max_new_tokens) == (MODEL_ID, SYSTEM, MAX_NEW)
+
+
+def test_an_export_without_llamaduo_json_takes_the_runs_config(run_dir, tmp_path):
+    """Exports made before llamaduo.json: the run's invocation (its config) has the same settings."""
+    import shutil
+
+    from llamaduo.serve import locate
+
+    root = tmp_path / "old-run"
+    shutil.copytree(run_dir["root"] / "final_model", root / "final_model",
+                    ignore=shutil.ignore_patterns("llamaduo.json"))
+    (root / ".llamaduo").mkdir()
+    (root / ".llamaduo/invocation.json").write_text(json.dumps({"config": {
+        "name": "old", "student": {"model": "tiny", "system_prompt": SYSTEM},
+        "infer": {"max_new_tokens": 5, "batch_size": 3, "backend": "auto"}}}))
+    served = locate(root)
+    assert (served.model_id, served.system_prompt, served.max_new_tokens, served.max_batch) == \
+        ("llamaduo-old", SYSTEM, 5, 3)
+    (root / ".llamaduo/invocation.json").unlink()
+    served = locate(root / "final_model")
+    assert (served.model_id, served.system_prompt, served.recorded) == ("llamaduo-old-run", None, False)
+
+
+def test_vllm_engine_gets_the_evaluated_prompt_tokens(run_dir, tiny_model_dir):
+    """The stand-in `vllm` names the prompt length it got: the server built the same token ids as
+    `llamaduo.infer` (system prompt + chat template), and passed the request's limits."""
+    from openai import OpenAI
+
+    proc, base = _start([str(run_dir["root"]), "--backend", "vllm"],
+                        env={"PYTHONPATH": os.pathsep.join([str(ROOT / "tests/fake_vllm"), str(ROOT)])})
+    try:
+        client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+        ids = prompt_token_ids(load_tokenizer(str(tiny_model_dir)), ITEMS[:2], SYSTEM)
+        for it, p in zip(ITEMS, ids):
+            reply = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user",
+                                                                              "content": it["instruction"]}])
+            assert reply.choices[0].message.content == f"{len(p)} tokens, sample 0, t=0.0"
+    finally:
+        _stop(proc)
+
+
+def test_measure_student_through_the_endpoint(run_dir):
+    from llamaduo.latency import measure_student
+
+    t0 = time.monotonic()
+    stats = measure_student(run_dir["root"], [it["instruction"] for it in ITEMS], system_prompt=SYSTEM, batch_size=2,
+                            max_new_tokens=4, requests=6, backend="hf")
+    took = time.monotonic() - t0
+    assert 0 < stats.p50_s <= stats.p95_s < took
+    assert stats.throughput_rps > 0 and stats.concurrency == 2 and stats.requests == 6
+    assert stats.backend in ("transformers on cpu", "transformers on cuda") and stats.hardware
+    assert 0 < stats.completion_tokens_mean <= 4 and stats.prompt_tokens_mean > 10
+    print(f"\nmeasured on the tiny model: {stats.model_dump_json()} (in {took:.1f} s)")
