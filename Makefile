@@ -29,7 +29,8 @@ test: install
 
 test-integration: install
 	$(BIN)/python -m pytest -q -m slow tests/test_deployment.py tests/test_pool.py tests/test_cache_keys.py tests/test_signals.py tests/test_orphans.py tests/test_no_new_rows.py \
-		tests/test_judge_accounting.py tests/test_redact.py
+		tests/test_judge_accounting.py tests/test_redact.py \
+		tests/test_calibration.py::test_judge_that_disagrees_stops_before_training_with_exit_3
 
 # A real browser against a real Prefect server: Debian's chromium + Playwright for Python (no browser download).
 ui-deps: install

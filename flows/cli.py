@@ -276,6 +276,8 @@ def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int |
     reports = store.glob("rounds/round_*/report.md")
     if reports:
         print(f"report:  {store.where(reports[-1])} (plot: {store.where('report/metrics.png')})")
+    if store.glob("decision.md"):
+        print(f"decision: {store.where('decision.md')} (verdict, quality per category, calibration, latency, cost)")
     if result["final_model_dir"]:
         verdict = "passed" if result["passed"] else "did NOT pass the gate"
         print(f"model:   {result['final_model_dir']}/merged (round {result['exported_round']}, {verdict}; "
