@@ -222,36 +222,22 @@ class RunStore:
         return after
 
     @contextmanager
-    def syncing(self, under: str | Path, every_s: float = 10.0, only: "callable | None" = None) -> Iterator[None]:
+    def syncing(self, under: str | Path, every_s: float = 10.0) -> Iterator[None]:
         """While the block runs, push new files under `under` every `every_s` seconds (the reply
-        cache during a service stage: a machine lost mid-stage does not lose paid replies).
-        `only(name)` picks which changed names are ready (e.g. finished checkpoints)."""
+        cache during a service stage: a machine lost mid-stage does not lose paid replies)."""
         if not self.remote:
             yield
             return
-        stop = threading.Event()
-        state = {"seen": self.snapshot(under)}
+        seen = self.snapshot(under)
 
         def tick() -> None:
             after = self.snapshot(under)
-            ready = [n for n in self.changed(state["seen"], after) if only is None or only(n)]
+            ready = self.changed(seen, after)
             self.push_files(ready)
-            state["seen"].update({n: after[n] for n in ready})
+            seen.update({n: after[n] for n in ready})
 
-        def loop() -> None:
-            while not stop.wait(every_s):
-                try:
-                    tick()
-                except Exception:  # noqa: BLE001 - the final push after the block retries; never kill the stage
-                    pass
-
-        thread = threading.Thread(target=loop, name="llamaduo-store-sync", daemon=True)
-        thread.start()
-        try:
+        with _every(tick, every_s, "llamaduo-store-sync"):
             yield
-        finally:
-            stop.set()
-            thread.join(timeout=every_s + 30)
 
     def clean_scratch(self) -> None:
         """Remove this machine's scratch copy (the run directory itself is the URL)."""
@@ -287,7 +273,6 @@ def syncing_checkpoints(store: RunStore, checkpoints: str | Path, every_s: float
     if not store.remote:
         yield
         return
-    stop = threading.Event()
     pushed: set[str] = set()
 
     def tick() -> None:
@@ -300,21 +285,34 @@ def syncing_checkpoints(store: RunStore, checkpoints: str | Path, every_s: float
                 store.remove(rel)
                 pushed.discard(rel)
 
+    # a last tick after the block: the last checkpoint before a failure (an OOM retry may run elsewhere)
+    with _every(tick, every_s, "llamaduo-checkpoint-sync", final=True):
+        yield
+
+
+@contextmanager
+def _every(tick, every_s: float, name: str, final: bool = False) -> Iterator[None]:
+    """Call `tick` every `every_s` seconds on a thread while the block runs (and once more after it
+    when `final`). A failed tick is retried at the next one, never raised into the stage: a missed
+    sync costs a re-push or a checkpoint interval, not the stage."""
+    stop = threading.Event()
+
     def loop() -> None:
         while not stop.wait(every_s):
             try:
                 tick()
-            except Exception:  # noqa: BLE001 - a missed checkpoint costs steps, never the stage
+            except Exception:  # noqa: BLE001
                 pass
 
-    thread = threading.Thread(target=loop, name="llamaduo-checkpoint-sync", daemon=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join(timeout=every_s + 60)
-        try:  # the last checkpoint before a failure (an OOM retry may run on another worker)
-            tick()
-        except Exception:  # noqa: BLE001
-            pass
+        if final:
+            try:
+                tick()
+            except Exception:  # noqa: BLE001
+                pass

@@ -201,3 +201,45 @@ def test_a_run_on_a_bucket_keeps_everything_there_and_a_rerun_pays_nothing(tmp_p
         assert second.returncode == first.returncode, second.stdout[-3000:] + second.stderr[-4000:]
         assert server.requests == paid, "a re-run against the same URL sends no request"
         assert "this invocation: 0 service calls, 0 training steps" in second.stdout, second.stdout[-2000:]
+
+
+def test_finished_checkpoints_reach_the_store_while_training_and_rotated_ones_leave(tmp_path, scratch):
+    import shutil
+    import time
+
+    from llamaduo.runstore import syncing_checkpoints
+
+    store = _store(f"file://{tmp_path / 'bucket' / 'runs' / 'ck'}")
+    ckroot = "rounds/round_01/adapter.checkpoints"
+    first = store.local / ckroot / "key" / "checkpoint-5"
+    with syncing_checkpoints(store, ckroot, every_s=0.05):
+        first.mkdir(parents=True)
+        (first / "adapter_model.safetensors").write_bytes(b"w" * 64)
+        time.sleep(0.3)
+        assert not store.exists(f"{ckroot}/key/checkpoint-5"), "unfinished: no trainer_state.json yet"
+        (first / "trainer_state.json").write_text("{}")  # the Trainer writes it last
+        deadline = time.time() + 5
+        while not store.exists(f"{ckroot}/key/checkpoint-5") and time.time() < deadline:
+            time.sleep(0.05)
+        assert store.exists(f"{ckroot}/key/checkpoint-5")
+        second = store.local / ckroot / "key" / "checkpoint-10"
+        second.mkdir()
+        (second / "trainer_state.json").write_text("{}")
+        shutil.rmtree(first)  # save_total_limit rotates the older one out
+    assert store.exists(f"{ckroot}/key/checkpoint-10"), "the last checkpoint is pushed when the block ends"
+    assert not store.exists(f"{ckroot}/key/checkpoint-5")
+
+
+def test_new_reply_cache_files_are_pushed_while_a_stage_runs(tmp_path, scratch):
+    import time
+
+    store = _store(f"file://{tmp_path / 'bucket' / 'runs' / 'sync'}")
+    (store.local / "cache/service/ab").mkdir(parents=True)
+    (store.local / "cache/service/ab/old.json").write_text("{}")
+    with store.syncing("cache/service", every_s=0.05):
+        (store.local / "cache/service/ab/new.json").write_text('{"content": "paid"}')
+        deadline = time.time() + 5
+        while not store.exists("cache/service/ab/new.json") and time.time() < deadline:
+            time.sleep(0.05)
+        assert store.read_bytes("cache/service/ab/new.json") == b'{"content": "paid"}'
+    assert not store.exists("cache/service/ab/old.json"), "only what changed during the stage"
