@@ -84,7 +84,16 @@ def _typed_params(task, params: dict) -> dict:
     unknown = set(params) - set(hints)
     if unknown:
         raise InputError(f"unknown parameters for {task.name}: {sorted(unknown)}", field="params")
-    return {k: TypeAdapter(hints[k]).validate_python(v) for k, v in params.items()}
+    typed = {k: TypeAdapter(hints[k]).validate_python(v) for k, v in params.items()}
+    from pathlib import PurePosixPath
+
+    from tasks._store import artifact_paths
+
+    for rel in [*artifact_paths(list(typed.values())), str(typed.get("out", ""))]:
+        parts = PurePosixPath(rel).parts
+        if rel.startswith(("/", "~")) or ".." in parts or "://" in rel:
+            raise InputError(f"{rel!r} is not a path inside the run directory", field="params")
+    return typed
 
 
 def _receipt(out: str, flow_run_id: str) -> str:

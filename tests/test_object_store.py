@@ -243,3 +243,19 @@ def test_new_reply_cache_files_are_pushed_while_a_stage_runs(tmp_path, scratch):
             time.sleep(0.05)
         assert store.read_bytes("cache/service/ab/new.json") == b'{"content": "paid"}'
     assert not store.exists("cache/service/ab/old.json"), "only what changed during the stage"
+
+
+def test_a_gpu_stage_refuses_paths_outside_the_run_directory():
+    from flows.gpu import _typed_params
+    from tasks.evaluate import infer
+
+    ok = {"infer_cfg": {}, "student": {"id": "s", "path": "/m"}, "adapter": None, "system_prompt": None,
+          "items": {"path": "data/test.jsonl", "sha256": "0" * 64}, "out": "rounds/round_01/answers.jsonl"}
+    assert _typed_params(infer, ok)["items"].path == "data/test.jsonl"
+    for bad in ({**ok, "out": "../../other-run/answers.jsonl"},
+                {**ok, "items": {"path": "/etc/passwd", "sha256": "0" * 64}},
+                {**ok, "adapter": {"path": "s3://another-bucket/adapter", "sha256": "0" * 64}}):
+        with pytest.raises(InputError, match="not a path inside the run directory"):
+            _typed_params(infer, bad)
+    with pytest.raises(InputError, match="unknown parameters"):
+        _typed_params(infer, {**ok, "command": "rm -rf /"})
