@@ -179,11 +179,13 @@ class RunStore:
         self._refresh()
 
     def remove(self, rel: str | Path) -> None:
+        """Delete `rel` from the store, with the upload markers a push killed half-way left under it."""
         if not self.remote:
             return
         self._refresh()
-        if self.fs.exists(self._key(rel)):
-            self.fs.rm(self._key(rel), recursive=True)
+        for key in (self._key(rel), self._key(f"{UPLOADING}/{rel}")):
+            if self.fs.exists(key):
+                self.fs.rm(key, recursive=True)
 
     def push_files(self, names: Iterable[str]) -> None:
         names = sorted(names)

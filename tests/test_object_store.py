@@ -259,3 +259,15 @@ def test_a_gpu_stage_refuses_paths_outside_the_run_directory():
             _typed_params(infer, bad)
     with pytest.raises(InputError, match="unknown parameters"):
         _typed_params(infer, {**ok, "command": "rm -rf /"})
+
+
+def test_removing_a_directory_also_removes_the_marker_a_killed_push_left(store_url):
+    a = _store(store_url)
+    (a.local / "ck" / "checkpoint-5").mkdir(parents=True)
+    (a.local / "ck" / "checkpoint-5" / "w.bin").write_bytes(b"w")
+    a.push("ck/checkpoint-5")
+    a.fs.pipe_file(a._key(".llamaduo/uploading/ck/checkpoint-10"), b"")  # a worker killed mid-push
+    a.remove("ck")
+    a.fs.invalidate_cache()
+    left = [k for k in a.fs.find(a.base) if "/ck/" in k]
+    assert not left, left
