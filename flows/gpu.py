@@ -22,6 +22,7 @@ import inspect
 import json
 import os
 import threading
+import time
 import typing
 from typing import Any
 
@@ -183,7 +184,7 @@ def _watch_parent(parent_id: str) -> None:
     def loop() -> None:
         with get_client(sync_client=True) as client:
             while True:
-                threading.Event().wait(WATCH_PARENT_S)
+                time.sleep(WATCH_PARENT_S)
                 try:
                     state = client.read_flow_run(UUID(parent_id)).state
                 except Exception:  # noqa: BLE001 - the server is briefly unreachable: look again
@@ -206,8 +207,6 @@ def gpu_stage(stage: str, workdir: str, params: dict[str, Any], parent_flow_run_
     """One GPU stage of a migration (started by the parent flow, not by people): fine-tuning,
     student inference or export, on the run directory at `workdir` (object storage)."""
     from prefect.runtime import flow_run
-
-    from llamaduo.summary import SUMMARY  # noqa: F401 - the run directory's layout is the library's
 
     if stage not in GPU_STAGES:
         raise InputError(f"unknown GPU stage {stage!r}; one of {sorted(GPU_STAGES)}", field="stage")

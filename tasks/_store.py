@@ -11,6 +11,7 @@ half-written. The run directory parameter (`root`) is not part of any cache key.
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 import inspect
 import os
 from pathlib import Path
@@ -76,8 +77,8 @@ def on_store(fn: Callable) -> Callable:
         before = store.snapshot()
         params["root"] = str(store.local)
         try:
-            with store.syncing(SERVICE_CACHE, SYNC_EVERY_S) if service else _nothing(), \
-                    syncing_checkpoints(store, checkpoints, SYNC_EVERY_S) if checkpoints else _nothing():
+            with store.syncing(SERVICE_CACHE, SYNC_EVERY_S) if service else nullcontext(), \
+                    syncing_checkpoints(store, checkpoints, SYNC_EVERY_S) if checkpoints else nullcontext():
                 result = fn(*bound.args, **bound.kwargs)
         except BaseException:
             store.push_changed(before, exclude=[o for o in (out, checkpoints) if o])  # paid replies, failure logs
@@ -90,11 +91,3 @@ def on_store(fn: Callable) -> Callable:
         return result
 
     return staged
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
