@@ -55,19 +55,20 @@ def main(tok_dir: str, out: str) -> int:
     t0 = time.time()
     stats = run_training(TrainSpec(base_model=str(model_dir), data_path=str(data),
                                    output_dir=str(out_dir / "adapter"), train=train_cfg))
-    report["qlora"] = {**stats, "wall_s": round(time.time() - t0, 1)}
+    report["qlora"] = {**stats.model_dump(mode="json"), "wall_s": round(time.time() - t0, 1)}
     answers, istats = generate_answers(str(model_dir), str(out_dir / "adapter"), rows[:8], system_prompt=None,
                                        max_new_tokens=8, batch_size=8)
-    report["infer"] = {**istats, "answers": answers[:3]}
+    report["infer"] = {**istats.model_dump(mode="json"), "answers": answers[:3]}
     warm = run_training(TrainSpec(base_model=str(model_dir), data_path=str(data), output_dir=str(out_dir / "adapter2"),
                                   train={**train_cfg, "epochs": 1}, init_adapter=str(out_dir / "adapter")))
-    report["warm_start"] = {k: warm[k] for k in ("warm_start", "quantized_4bit", "steps", "first_loss", "last_loss")}
+    report["warm_start"] = warm.model_dump(mode="json", include={"warm_start", "quantized_4bit", "steps", "first_loss",
+                                                                 "last_loss"})
     import importlib.util
 
     if importlib.util.find_spec("vllm") is not None:  # infer.backend: vllm, same prompts as the HF path
         vanswers, vstats = generate_answers(str(model_dir), str(out_dir / "adapter"), rows[:8], system_prompt=None,
                                             max_new_tokens=8, batch_size=8, backend="vllm")
-        report["vllm"] = {**vstats, "same_as_hf": sum(a == b for a, b in zip(answers, vanswers))}
+        report["vllm"] = {**vstats.model_dump(mode="json"), "same_as_hf": sum(a == b for a, b in zip(answers, vanswers))}
     else:
         report["vllm"] = "not installed"
 
@@ -87,7 +88,7 @@ def main(tok_dir: str, out: str) -> int:
                          output_dir=str(out_dir / "adapter_oom"), train=oom_cfg, micro_batch=micro)
         try:
             s = run_training(spec)
-            attempts.append({"attempt": attempt, "micro_batch": s["micro_batch"], "grad_accum": s["grad_accum"],
+            attempts.append({"attempt": attempt, "micro_batch": s.micro_batch, "grad_accum": s.grad_accum,
                              "ok": True})
             break
         except TrainingFailed as exc:

@@ -54,7 +54,7 @@ def train(model: str, rows: list[dict], out: Path, init: Path | None) -> float:
     data = atomic_write_jsonl(out.with_suffix(".jsonl"), rows)
     spec = TrainSpec(base_model=model, data_path=str(data), output_dir=str(out),
                      train=TrainConfig(epochs=1, save_steps=10_000), init_adapter=str(init) if init else None)
-    return float(run_training(spec)["seconds"])
+    return run_training(spec).seconds
 
 
 def main() -> int:

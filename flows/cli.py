@@ -41,20 +41,20 @@ def _parser() -> argparse.ArgumentParser:
 def plan(cfg, pf) -> str:
     est, sp = pf.estimate, pf.splits
     rounds = cfg.gate.max_rounds
-    cost = "unknown price (self-hosted: free)" if est["cost_usd"] is None else f"~${est['cost_usd']:.4f}"
-    total = "" if est["run_cost_usd_max"] is None else f", at most ~${est['run_cost_usd_max']:.4f}"
-    extra = [f"{est[k]} for {what}" for k, what in (("baseline_calls", "baselines"),
-                                                     ("calibration_calls", "judge calibration")) if est.get(k)]
+    cost = "unknown price (self-hosted: free)" if est.cost_usd is None else f"~${est.cost_usd:.4f}"
+    total = "" if est.run_cost_usd_max is None else f", at most ~${est.run_cost_usd_max:.4f}"
+    extra = [f"{calls} for {what}" for calls, what in ((est.baseline_calls, "baselines"),
+                                                       (est.calibration_calls, "judge calibration")) if calls]
     baselines = f" (incl. {', '.join(extra)})" if extra else ""
     removed = ", ".join(f"{k} {v}" for k, v in sorted(sp.removed.items())) or "none"
     lines = [
         f"run '{cfg.name}': student {cfg.student.model}, service {cfg.service.model}, judge {cfg.judge_model}",
         f"data: {len(sp.train)} train rows, {len(sp.val)} validation rows, {len(sp.test)} test rows "
         f"(removed before the split: {removed})",
-        f"per round: ~{est['synth_calls']} synthesis calls (up to {est['synth_calls_max']} if curation drops rows) "
-        f"+ {est['judge_calls']} judge calls (test + validation, x samples x repeats) = ~{est['calls']} calls, "
-        f"~{est['prompt_tokens']} prompt + ~{est['completion_tokens']} completion tokens, {cost}",
-        f"up to {rounds} rounds: at most ~{est['run_calls_max']} calls{total}{baselines}",
+        f"per round: ~{est.synth_calls} synthesis calls (up to {est.synth_calls_max} if curation drops rows) "
+        f"+ {est.judge_calls} judge calls (test + validation, x samples x repeats) = ~{est.calls} calls, "
+        f"~{est.prompt_tokens} prompt + ~{est.completion_tokens} completion tokens, {cost}",
+        f"up to {rounds} rounds: at most ~{est.run_calls_max} calls{total}{baselines}",
         f"gate: {cfg.gate.metric} >= {cfg.gate.threshold} (with at least {cfg.gate.min_judged_share:.0%} of the "
         f"requested judgements valid: test items x {cfg.infer.samples_per_prompt} samples x {cfg.judge.repeats} "
         f"repeats); budget caps: {cfg.budget.max_calls} calls, ${cfg.budget.max_usd:g}",
@@ -63,10 +63,12 @@ def plan(cfg, pf) -> str:
     return "\n".join(lines)
 
 
-def _prefect_env(workdir: Path) -> None:
-    """Without a configured server, keep Prefect's database and logs inside the run directory."""
-    if not any(os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")) and not (
-            Path.home() / ".prefect" / "profiles.toml").exists():
+def _prefect_env(workdir: Path) -> bool:
+    """Without a configured server, keep Prefect's database and logs inside the run directory;
+    returns whether this run needs a temporary server of its own (no server, no Prefect profile)."""
+    own_server = not any(os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")) and not (
+        Path.home() / ".prefect" / "profiles.toml").exists()
+    if own_server:
         os.environ["PREFECT_HOME"] = str(workdir / ".prefect")
     # Task results (the cache) persist with the run unless the user chose a place for them.
     if not any(os.environ.get(k) for k in ("PREFECT_LOCAL_STORAGE_PATH", "PREFECT_RESULTS_LOCAL_STORAGE_PATH")):
@@ -81,6 +83,7 @@ def _prefect_env(workdir: Path) -> None:
     # is another line. The Prefect UI shows progress artifacts instead.
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_DISABLE", "1")
+    return own_server
 
 
 def _termination_signal() -> type[BaseException]:
@@ -141,9 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print("config and data are valid")
         return EXIT_PASSED
-    _prefect_env(store.local)
-    with run_lock:
-        code = _supervise(cfg, store, pf.probe, run_lock)
+    server = None
+    if _prefect_env(store.local):  # started now: it boots while the flow process imports
+        from llamaduo.pacing import TEMPORARY_SERVER_ENV
+
+        from .tempserver import TemporaryServer
+
+        server = TemporaryServer(store.local / ".prefect" / "prefect.db").start()
+        os.environ.update({"PREFECT_API_URL": server.api_url, TEMPORARY_SERVER_ENV: "1"})
+        os.environ.setdefault("PREFECT_UI_URL", "")  # it serves no UI: no "View at" links to nowhere
+    try:
+        with run_lock:
+            code = _supervise(cfg, store, pf.probe, run_lock)
+    finally:
+        if server is not None:
+            server.stop()
     if store.remote and code in (EXIT_PASSED, EXIT_NOT_PASSED, EXIT_SERVICE_FAILING):
         store.clean_scratch()  # the run finished: everything is on the store (a crash keeps it to resume)
     return code
@@ -255,6 +270,13 @@ def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int |
     try:
         from flows.migrate import run_migration
 
+        from llamaduo.pacing import TEMPORARY_SERVER_ENV
+
+        if os.environ.get(TEMPORARY_SERVER_ENV) and os.environ.get("PREFECT_API_URL"):
+            from flows.tempserver import wait_for_api
+
+            wait_for_api(os.environ["PREFECT_API_URL"])  # the CLI's own server, started while this imported
+
         result = run_migration(cfg, store.location, ServiceStats.model_validate(spec["probe"]))
     except stop_signals as exc:
         return _stopped_by_signal(exc)
@@ -267,28 +289,28 @@ def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int |
         secrets = secret_values([cfg.service.api_key_env, cfg.judge.api_key_env])
         print(redact(f"error: run failed: {type(exc).__name__}: {exc}", secrets), file=sys.stderr)
         return EXIT_FAILURE
-    inv = result["invocation"]
-    print(f"\nfinished in {time.time() - t0:.0f} s: passed={result['passed']} stop_reason={result['stop_reason']}")
-    if result.get("stop_detail"):
-        print(f"why: {result['stop_detail']}")
-    print(f"this invocation: {inv['service_calls']} service calls, {inv['training_steps']} training steps")
-    print(f"summary: {result['summary_path']}")
+    inv = result.invocation
+    print(f"\nfinished in {time.time() - t0:.0f} s: passed={result.passed} stop_reason={result.stop_reason}")
+    if result.stop_detail:
+        print(f"why: {result.stop_detail}")
+    print(f"this invocation: {inv.service_calls} service calls, {inv.training_steps} training steps")
+    print(f"summary: {result.summary_path}")
     reports = store.glob("rounds/round_*/report.md")
     if reports:
         print(f"report:  {store.where(reports[-1])} (plot: {store.where('report/metrics.png')})")
     if store.glob("decision.md"):
         print(f"decision: {store.where('decision.md')} (verdict, quality per category, calibration, latency, cost)")
-    if result["final_model_dir"]:
-        verdict = "passed" if result["passed"] else "did NOT pass the gate"
-        print(f"model:   {result['final_model_dir']}/merged (round {result['exported_round']}, {verdict}; "
-              f"model card: {result['final_model_dir']}/README.md)")
-    if result["passed"]:
+    if result.final_model_dir:
+        verdict = "passed" if result.passed else "did NOT pass the gate"
+        print(f"model:   {result.final_model_dir}/merged (round {result.exported_round}, {verdict}; "
+              f"model card: {result.final_model_dir}/README.md)")
+    if result.passed:
         return EXIT_PASSED
     from llamaduo.gate import STOP_CACHE_WRITE_FAILED, STOP_NO_NEW_ROWS, STOP_SERVICE_FAILING
 
-    if result["stop_reason"] == STOP_CACHE_WRITE_FAILED:  # paid replies unsaved: the machine needs fixing
+    if result.stop_reason == STOP_CACHE_WRITE_FAILED:  # paid replies unsaved: the machine needs fixing
         return EXIT_FAILURE
-    return EXIT_SERVICE_FAILING if result["stop_reason"] in (STOP_SERVICE_FAILING, STOP_NO_NEW_ROWS) \
+    return EXIT_SERVICE_FAILING if result.stop_reason in (STOP_SERVICE_FAILING, STOP_NO_NEW_ROWS) \
         else EXIT_NOT_PASSED
 
 

@@ -15,10 +15,12 @@ from llamaduo.calibration import agreement_stop, describe, judge_metric_for, pas
 from llamaduo.config import STANDIN_MODEL, RunConfig, provider_of
 from llamaduo.gate import STOP_JUDGE_DISAGREES, STOP_PASSED, best_round
 from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
-from llamaduo.records import Artifact, Calibration, Evaluation, ServiceStats, SplitResult, StudentRef, Summary
+from llamaduo.loop import LoopState
+from llamaduo.records import (Artifact, Evaluation, MigrationResult, ServiceStats, SplitResult, StudentRef,
+                              Summary)
 from llamaduo.standin import LABEL as STANDIN_LABEL
 from llamaduo.runstore import RunStore
-from llamaduo.store import RunDir, lock_run_dir, sha256_path
+from llamaduo.store import lock_run_dir, make_run_dir, sha256_path
 from llamaduo.summary import write_summary
 from tasks._policy import run_stage
 from tasks._results import RESULT_OPTIONS, quarantine_untrusted_results, results_location, with_results_beside
@@ -31,41 +33,51 @@ from tasks.export import export
 from .form import RunSettings
 from .gpu import GPU_DEPLOYMENT_ENV, run_gpu_stage
 from .operator import operator_setting as _operator_setting
+from .report import publish_round
 from .round import migration_round
 from .stages import evaluate_student, judge_answers, round_record, service_stage
-from .state import LoopState, StopLoop, record_round, summary_for
+from .state import StopLoop, summary_for
 
 
-def _calibrate_judge(cfg: RunConfig, root: str, state: LoopState) -> tuple[Calibration, str | None]:
+def _calibrate_judge(cfg: RunConfig, root: str, state: LoopState) -> LoopState:
     """The judge scores people's rated answers (judge.calibration_path) before anything is
-    trained; returns the agreement and why the run must stop (None: it goes on)."""
+    trained: the state with the agreement, or a stop when people disagree with the judge."""
     out, path = "calibration/judged.jsonl", cfg.judge.calibration_path
-    res = service_stage(state, calibrate, out, root=root, judge=cfg.judge, endpoint=cfg.judge_endpoint(),
-                        limits=cfg.service, budget=cfg.budget, ratings_file=path, ratings_sha256=sha256_path(path),
-                        judge_metric=judge_metric_for(cfg.gate), pass_score=pass_score_for(cfg.gate), out=out)
-    return agreement_stop(res.calibration, cfg.judge.min_agreement)
+    res, state = service_stage(state, calibrate, out, root=root, judge=cfg.judge, endpoint=cfg.judge_endpoint(),
+                               limits=cfg.service, budget=cfg.budget, ratings_file=path,
+                               ratings_sha256=sha256_path(path), judge_metric=judge_metric_for(cfg.gate),
+                               pass_score=pass_score_for(cfg.gate), out=out)
+    calibration, disagrees = agreement_stop(res.calibration, cfg.judge.min_agreement)
+    get_run_logger().info(describe(calibration))
+    state = state.with_calibration(calibration)
+    if disagrees:
+        raise StopLoop(state.stopped(STOP_JUDGE_DISAGREES, disagrees))
+    return state
 
 
-def _service_baseline(cfg: RunConfig, root: str, data: SplitResult, state: LoopState) -> None:
+def _service_baseline(cfg: RunConfig, root: str, data: SplitResult, state: LoopState) -> LoopState:
     """The service LLM's own answers, judged the same way: the ceiling for parity."""
     out = "baselines/service/answers.jsonl"
-    sa = service_stage(state, service_answers, out, root=root, endpoint=cfg.service_endpoint(), limits=cfg.service,
-                       infer_cfg=cfg.infer, budget=cfg.budget, items=data.test,
-                       system_prompt=cfg.student.system_prompt, out=out)
-    ev = judge_answers(cfg, root, state, data.test, sa.answers, "service baseline", "baselines/service/judged.jsonl")
-    state.baselines[BASELINE_SERVICE] = ev.metrics
-    state.baseline_evaluations[BASELINE_SERVICE] = Evaluation.of(ev)  # parity is not decided on a thin baseline
+    sa, state = service_stage(state, service_answers, out, root=root, endpoint=cfg.service_endpoint(),
+                              limits=cfg.service, infer_cfg=cfg.infer, budget=cfg.budget, items=data.test,
+                              system_prompt=cfg.student.system_prompt, out=out)
+    ev, state = judge_answers(cfg, root, state, data.test, sa.answers, "service baseline",
+                              "baselines/service/judged.jsonl")
+    # with how much of it was judged: parity is not decided on a thin baseline
+    return state.with_baseline(BASELINE_SERVICE, ev.metrics, Evaluation.of(ev))
 
 
-def _base_student(cfg: RunConfig, root: str, student: StudentRef, data: SplitResult, state: LoopState) -> None:
+def _base_student(cfg: RunConfig, root: str, student: StudentRef, data: SplitResult, state: LoopState) -> LoopState:
     """Round 0: the base student, judged the same way on the same test items."""
     durations: dict = {}
     spent_before = state.spent
-    ev, inf, val = evaluate_student(cfg, root, state, student, None, data, 0, durations)
-    state.baselines[BASELINE_BASE_STUDENT] = ev.metrics
-    state.last_val_judged = val.judged if val else None
-    record_round(state, cfg, root, data, round_record(cfg, state, 0, ev, inf, val, state.spent.minus(spent_before),
-                                                      durations, train_rows=0, synthetic_rows_added=0))
+    ev, inf, val, state = evaluate_student(cfg, root, state, student, None, data, 0, durations)
+    state = state.with_baseline(BASELINE_BASE_STUDENT, ev.metrics)
+    entry = round_record(cfg, state, 0, ev, inf, val, state.spent.minus(spent_before), durations, train_rows=0,
+                         synthetic_rows_added=0)
+    state = state.with_round(entry, val.judged if val else None)
+    publish_round(state, cfg, root, data, entry)
+    return state
 
 
 def _decision(cfg: RunConfig, root: str, data: SplitResult, summary: Summary, model: Artifact | None) -> None:
@@ -84,7 +96,7 @@ def _decision(cfg: RunConfig, root: str, data: SplitResult, summary: Summary, mo
 # No log_prints: it diverts every library print into the run log (dill's captured `dis` output
 # became pages of bytecode in the UI, and dill then saw no globals).
 @flow(name="llamaduo-migrate", flow_run_name="migrate-{config.name}", **RESULT_OPTIONS)
-def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | None = None) -> dict:
+def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | None = None) -> MigrationResult:
     """Migrate one task from the service LLM to the student; returns where the results are and
     what this invocation did. Call `llamaduo.preflight.preflight` first (the CLI and
     `migrate_config_file` do)."""
@@ -92,7 +104,7 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
     store = RunStore(workdir)
     cfg, root = config, store.location  # a folder, or a URL whose stages work in scratch copies
     run_lock = lock_run_dir(store.local)  # noqa: F841 - held until this flow returns; another live run's: exit 2
-    RunDir(store.local).mkdirs()
+    make_run_dir(store.local)
     for f in quarantine_untrusted_results(results_location(root)):
         log.warning("removed an untrusted result record (not written by this tool): %s", f)
     if cfg.service.model == STANDIN_MODEL:
@@ -108,17 +120,14 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
                       preflight=preflight_spend or ServiceStats())
     try:
         if cfg.judge.calibration_path:  # first: a judge people disagree with must not steer training
-            state.calibration, disagrees = _calibrate_judge(cfg, root, state)
-            log.info(describe(state.calibration))
-            if disagrees:
-                raise StopLoop(STOP_JUDGE_DISAGREES, disagrees)
+            state = _calibrate_judge(cfg, root, state)
         if cfg.judge.service_baseline:
-            _service_baseline(cfg, root, data, state)
+            state = _service_baseline(cfg, root, data, state)
         if cfg.gate.baseline:
-            _base_student(cfg, root, student, data, state)
+            state = _base_student(cfg, root, student, data, state)
     except StopLoop as stop:
         log.warning("stopping: %s", stop)
-        state.stop(stop.reason, stop.detail)
+        state = stop.state
     if state.stop_reason is None:
         state = migration_round(cfg, root, student, data, 1, state)
     best = best_round(state.rounds, cfg.gate.metric)
@@ -132,24 +141,23 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
                            infer_cfg=cfg.infer, system_prompt=cfg.student.system_prompt, test=data.test,
                            answers=best.answers, out="final_model")
         final_dir, check, exported_model = store.where("final_model"), exp.check, exp.model
-        if check.get("reproduces") is False:
+        if check.reproduces is False:
             log.warning("the exported weights did not reproduce %d of %d evaluated answers",
-                        check["checked"] - check["matched"], check["checked"])
+                        check.checked - check.matched, check.checked)
     summary = summary_for(state, cfg, data, passed=passed, final_model_dir=final_dir, exported=best,
                           export_check=check)
     _decision(cfg, root, data, summary, exported_model)
     summary_path = write_summary(root, summary)
     log.info("done: passed=%s stop_reason=%s rounds=%d", passed, state.stop_reason,
              len([r for r in state.rounds if r.round >= 1]))
-    return {"summary_path": summary_path, "passed": passed, "stop_reason": state.stop_reason,
-            "stop_detail": state.stop_detail, "final_model_dir": final_dir,
-            "exported_round": best.round if best else None,
-            "invocation": state.invocation.model_dump()}
+    return MigrationResult(summary_path=summary_path, passed=passed, stop_reason=state.stop_reason,
+                           stop_detail=state.stop_detail, final_model_dir=final_dir,
+                           exported_round=best.round if best else None, invocation=state.invocation)
 
 
 @flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", **RESULT_OPTIONS)
 def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSettings | None = None,
-                        overrides: list[str] | None = None, workdir: str | None = None) -> dict:
+                        overrides: list[str] | None = None, workdir: str | None = None) -> MigrationResult:
     """Deployment entry point, for the Prefect UI form and API triggers.
 
     Runs the same preflight as the CLI (data, templates, keys, prices, the student, one real
@@ -202,17 +210,14 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
     return run_migration(cfg, store.location, pf.probe)
 
 
-def run_migration(cfg: RunConfig, workdir: str, probe: ServiceStats | None = None) -> dict:
+def run_migration(cfg: RunConfig, workdir: str, probe: ServiceStats | None = None) -> MigrationResult:
     """`migrate`, its results persisted beside the run directory when that is a URL."""
     return with_results_beside(migrate, workdir)(cfg, workdir, probe)
 
 
 def run_override_allow_list(project: Path) -> list[str]:
-    """The operator's allow-list: `llamaduo_run_overrides` in deployments/prefect.yaml, else the defaults."""
-    from llamaduo.config import DEFAULT_RUN_OVERRIDES
-
-    allowed = _operator_setting(project, "llamaduo_run_overrides")
-    return [str(a) for a in allowed] if allowed is not None else list(DEFAULT_RUN_OVERRIDES)
+    """The operator's allow-list: `llamaduo_run_overrides` in deployments/prefect.yaml (absent: none)."""
+    return [str(a) for a in _operator_setting(project, "llamaduo_run_overrides") or []]
 
 
 def run_ceilings(project: Path):

@@ -24,7 +24,6 @@ the record says why. `agreement_stop` is the flow's decision against `judge.min_
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,12 @@ from typing import Any
 from .config import BudgetConfig, Endpoint, GateConfig, JudgeConfig, ServiceConfig
 from .data import iter_rows
 from .errors import InputError
-from .judge import JUDGE_MAX_TOKENS, build_judge_requests, request_keys, score_items
+from .judge import JudgeInputs, JudgeStage
 from .metrics import METRICS
-from .parsing import parse_judge_reply
 from .records import Artifact, Calibration, CalibrationResult, CalibrationRow, ServiceStats
-from .service import ServiceClient, failing_reason, write_failure_log
-from .store import atomic_write_jsonl, sha256_path
-from .templates import judge_template
+from .service import Result
+from .service_stage import run_service_stage
+from .store import sha256_path
 
 MIN_ROWS = 10  # fewer rated rows cannot tell agreement from luck (tau's 95% interval spans ~±0.5 at n=10)
 WORST_ROWS = 5
@@ -346,6 +344,56 @@ def agreement_stop(cal: Calibration, min_agreement: float | None) -> tuple[Calib
 
 
 # -- the stage -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RatedAnswers(JudgeInputs):
+    ratings: list[Rating]
+
+
+@dataclass(frozen=True)
+class CalibrationJudging(JudgeStage[RatedAnswers, CalibrationResult]):
+    """The judge scores every calibration row as the evaluate stage scores an answer; one line per
+    row out: the people's rating, the judge's scores and ranks."""
+    name = "calibrate"
+    label = "calibration judging"
+    result_type = CalibrationResult
+    ratings_file: str
+    judge_metric: str
+    pass_score: float
+    judge_model: str
+
+    def read_inputs(self, root: Path) -> RatedAnswers:
+        ratings = load_ratings(self.ratings_file)
+        return RatedAnswers([{"id": f"line{r.line}", "instruction": r.instruction, "response": r.reference}
+                             for r in ratings], [[r.candidate] for r in ratings], ratings)
+
+    def output_rows(self, inputs: RatedAnswers, results: list[Result]) -> list[dict]:
+        scored = self.score(inputs, results)
+        field = METRICS[self.judge_metric].item_field
+        judged = [(r, s) for r, s in zip(inputs.ratings, scored) if field in s]
+        hr, jr, gaps = rank_gaps([r.human_value for r, _ in judged], [s[field] for _, s in judged]) if judged \
+            else ([], [], [])
+        ranks = {r.line: (h, j, g) for (r, _), h, j, g in zip(judged, hr, jr, gaps)}
+        return [{"line": r.line, "instruction": r.instruction, "reference": r.reference, "candidate": r.candidate,
+                 "human_score": r.human_score, "human_pass": r.human_pass, "judge_score": s.get(field),
+                 "judge_pass": None if field not in s else s[field] >= self.pass_score,
+                 "judge_similarity": s.get("similarity"), "judge_precision": s.get("precision"),
+                 "judge_reason": s.get("judge_reason"), "judge_valid": s["judge_valid"],
+                 "judge_requested": s["judge_requested"],
+                 **dict(zip(("human_rank", "judge_rank", "rank_gap"), ranks.get(r.line, (None, None, None))))}
+                for r, s in zip(inputs.ratings, scored)]
+
+    def fill(self, result: CalibrationResult, inputs: RatedAnswers, results: list[Result], rows: list[dict] | None,
+             written: Artifact | None) -> None:
+        if rows is None:
+            return
+        cal = measure(inputs.ratings, [row["judge_score"] for row in rows], judge_metric=self.judge_metric,
+                      pass_score=self.pass_score, source=Path(self.ratings_file).name,
+                      sha256=sha256_path(self.ratings_file), judge_model=self.judge_model)
+        cal.service = result.service
+        result.calibration = cal
+        result.judged = written
+
+
 def calibrate_judge(root: str | Path, judge: JudgeConfig, endpoint: Endpoint, limits: ServiceConfig,
                     budget: BudgetConfig, spent: ServiceStats, ratings_file: str, judge_metric: str,
                     pass_score: float, out: str, on_progress=None) -> CalibrationResult:
@@ -353,42 +401,6 @@ def calibrate_judge(root: str | Path, judge: JudgeConfig, endpoint: Endpoint, li
     `out` (one line per row: the people's rating, the judge's scores and ranks) and its failure
     log. On a budget stop or a failing judge `out` is not written (the stage is redone, its
     replies from the cache)."""
-    t0 = time.time()
-    root = Path(root)
-    ratings = load_ratings(ratings_file)
-    items = [{"id": f"line{r.line}", "instruction": r.instruction, "response": r.reference} for r in ratings]
-    answers = [[r.candidate] for r in ratings]
-    client = ServiceClient(endpoint, limits, root / "cache" / "service", budget=budget, spent=spent)
-    requests = build_judge_requests(items, answers, judge_template(judge.prompt_template), repeats=judge.repeats,
-                                    temperature=judge.temperature, max_tokens=min(limits.max_tokens, JUDGE_MAX_TOKENS))
-    results = client.run(requests, parse_judge_reply, desc="calibration judge", on_progress=on_progress)
-    write_failure_log(root / out.replace(".jsonl", ".failures.jsonl"), "calibrate", results,
-                      request_keys(items, answers, judge.repeats))
-    result = CalibrationResult(service=client.stats, budget_hit=client.budget_hit,
-                               failing=failing_reason("calibration judging", results, limits.max_failure_rate,
-                                                      limits.min_calls_for_breaker))
-    if result.budget_hit or result.failing:
-        result.seconds = round(time.time() - t0, 3)
-        return result
-    scored = score_items(items, answers, results, judge.repeats, aggregate=judge.aggregate)
-    field = METRICS[judge_metric].item_field
-    judge_scores = [s.get(field) for s in scored]
-    cal = measure(ratings, judge_scores, judge_metric=judge_metric, pass_score=pass_score,
-                  source=Path(ratings_file).name, sha256=sha256_path(ratings_file), judge_model=endpoint.model)
-    cal.service = client.stats
-    judged = [(r, s) for r, s in zip(ratings, scored) if field in s]
-    hr, jr, gaps = rank_gaps([r.human_value for r, _ in judged], [s[field] for _, s in judged]) if judged \
-        else ([], [], [])
-    ranks = {r.line: (h, j, g) for (r, _), h, j, g in zip(judged, hr, jr, gaps)}
-    atomic_write_jsonl(root / out, [
-        {"line": r.line, "instruction": r.instruction, "reference": r.reference, "candidate": r.candidate,
-         "human_score": r.human_score, "human_pass": r.human_pass, "judge_score": s.get(field),
-         "judge_pass": None if field not in s else s[field] >= pass_score, "judge_similarity": s.get("similarity"),
-         "judge_precision": s.get("precision"), "judge_reason": s.get("judge_reason"),
-         "judge_valid": s["judge_valid"], "judge_requested": s["judge_requested"],
-         **dict(zip(("human_rank", "judge_rank", "rank_gap"), ranks.get(r.line, (None, None, None))))}
-        for r, s in zip(ratings, scored)])
-    result.calibration = cal
-    result.judged = Artifact.of(root, out)
-    result.seconds = round(time.time() - t0, 3)
-    return result
+    stage = CalibrationJudging(judge=judge, service_max_tokens=limits.max_tokens, ratings_file=ratings_file,
+                               judge_metric=judge_metric, pass_score=pass_score, judge_model=endpoint.model)
+    return run_service_stage(root, stage, endpoint, limits, budget, spent, out=out, on_progress=on_progress)

@@ -1,6 +1,7 @@
 """Run configuration: one pydantic model per stage, composed into RunConfig.
 
-Unknown keys are errors; every field carries help text (shown by `llamaduo validate`).
+Unknown keys are errors; every field carries help text (its `description`, also in the JSON
+schema). Why some defaults are what they are: docs/TUNING.md.
 """
 
 from __future__ import annotations
@@ -273,9 +274,8 @@ class TrainConfig(_Section):
     grad_accum: int = Field(1, gt=0, description="Gradient accumulation steps.")
     lora_r: int = Field(16, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha.")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout. 0 by measurement: 0.05 cost ~25% of "
-                                "CPU step time (a mask and a copy per adapted layer) and did not lower held-out "
-                                "loss (benchmarks/README.md).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout on the adapted layers' inputs "
+                                "(docs/TUNING.md).")
     target_modules: list[str] | str = Field("all-linear", description="LoRA target modules.")
     quantization: Literal["auto", "none", "4bit"] = Field("auto", description="auto = QLoRA 4-bit when CUDA is present.")
     seed: int = Field(42, description="Training seed.")
@@ -284,20 +284,19 @@ class TrainConfig(_Section):
     save_steps: int = Field(50, gt=0, description="Checkpoint the adapter every N steps; a retried or re-run "
                             "training resumes from the last checkpoint instead of from scratch.")
     group_by_length: bool = Field(False, description="CPU training: draw each batch from rows of similar length "
-                                  "(less padding, ~1.2x faster at batch 8) instead of TRL's random order; it "
-                                  "changes the optimisation (held-out loss 0.5% higher in benchmarks/train_speed.py).")
+                                  "(less padding, faster) instead of TRL's random order; this changes the "
+                                  "optimisation (docs/TUNING.md).")
     warm_start: bool = Field(True, description="Round k > 1 starts from round k-1's adapter and trains on the "
                              "rows it adds plus a replay sample of earlier rows, instead of retraining from the base "
-                             "on everything (false). On by measurement: rounds cost what they add and the test "
-                             "loss was lower (benchmarks/warm_start.py, benchmarks/README.md).")
+                             "on everything (false) (docs/TUNING.md).")
     replay_ratio: float = Field(1.0, ge=0, description="With warm_start: earlier rows replayed per new row "
                                 "(seeded sample, capped at the rows there are).")
 
 
 class InferConfig(_Section):
     max_new_tokens: int = Field(128, gt=0, description="Max new tokens per test answer.")
-    batch_size: int = Field(16, gt=0, description="Prompts per generation batch (length-sorted; on a CPU "
-                            "16 measured fastest, benchmarks/infer_speed.py).")
+    batch_size: int = Field(16, gt=0, description="Prompts per generation batch (prompts are sorted by length "
+                            "into batches).")
     samples_per_prompt: int = Field(1, gt=0, description="Answers per test prompt; >1 samples at `temperature` "
                                     "(paper: 4 at 0.4) and scores each.")
     temperature: float = Field(0.4, ge=0, description="Sampling temperature when samples_per_prompt > 1 "
@@ -559,18 +558,14 @@ def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
 
 
 # -- overrides from people who may start a deployment run ------------------------------------------
-# Endpoints and key variables redirect the worker's credentials: never overridable by a run.
+# What they may override is the operator's allow-list, kept in one place: `llamaduo_run_overrides` in
+# deployments/prefect.yaml. Endpoints and key variables redirect the worker's credentials: never
+# overridable, whatever that list says.
 NEVER_OVERRIDABLE = ("service.api_base", "service.api_key_env", "judge.api_base", "judge.api_key_env",
                      "service.model", "judge.model", "service.standin_pool")
 PATH_KEYS = ("data.path", "data.test_path", "synth.prompt_template", "judge.prompt_template", "student.model",
              "judge.calibration_path")
 CONFIG_RELATIVE_KEYS = ("data.path", "data.test_path", "judge.calibration_path")  # as `_resolve_paths` resolves
-DEFAULT_RUN_OVERRIDES = ("name", "gate.metric", "gate.threshold", "gate.max_rounds", "gate.plateau_rounds",
-                         "gate.plateau_margin", "gate.baseline", "gate.use_ci_lower", "budget.*",
-                         "synth.rows_per_round", "synth.pairs_per_request", "synth.max_waves", "train.epochs", "train.learning_rate", "train.batch_size",
-                         "train.grad_accum", "train.lora_r", "train.lora_alpha", "train.lora_dropout",
-                         "train.max_steps", "train.warm_start", "train.replay_ratio", "infer.max_new_tokens",
-                         "infer.batch_size", "infer.backend", "judge.repeats")
 
 
 def _inside(project_dir: Path, path: Path) -> bool:

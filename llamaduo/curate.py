@@ -1,8 +1,9 @@
 """Curation: drop invalid and low-quality rows, exact and near duplicates, and anything
 that overlaps the test split (decontamination). Every dropped row keeps its reason.
 
-Pure functions over row dicts (no I/O): MinHash LSH from datasketch for near-duplicates,
-word n-grams for long-span overlap with test items.
+The decisions are pure functions over rows (MinHash LSH from datasketch for near-duplicates,
+word n-grams for long-span overlap with test items); `curate_wave` is the stage around them, the
+only function that reads and writes files.
 """
 
 from __future__ import annotations

@@ -527,16 +527,14 @@ def service_call_records(root: str | Path, endpoint: "Endpoint", limits: "Servic
     """The reply-cache records of the service baseline's answers (`llamaduo.baseline`): its
     requests rebuilt exactly, looked up by their cache key. Records of a re-asked reply and
     items never answered are left out."""
-    from .data import Example, to_chat
-    from .service import Request, ResponseCache, supports_structured_output
+    from .baseline import answer_request
+    from .service import ResponseCache, supports_structured_output
 
     cache = ResponseCache(Path(root) / "cache" / "service")
     salt = {"structured": supports_structured_output(endpoint, limits.structured_output)}  # as ServiceClient.arun
     out = []
     for it in items:
-        req = Request(to_chat(Example.from_dict(it), system_prompt)["prompt"], temperature=0.0,
-                      max_tokens=max(infer.max_new_tokens, 64), variant={"purpose": "baseline-answer"})
-        record = cache.get(cache.key(endpoint.model, req, salt))
+        record = cache.get(cache.key(endpoint.model, answer_request(it, infer, system_prompt), salt))
         if record is not None:
             out.append(record)
     return out

@@ -11,6 +11,7 @@ from statistics import mean
 from .config import RunConfig
 from .data import Example
 from .judge import JUDGE_MAX_TOKENS
+from .records import RunEstimate
 from .service import approx_tokens, price_usd
 from .templates import judge_template, synth_template
 
@@ -21,7 +22,7 @@ def _cost(endpoint, prompt: int, completion: int) -> float | None:
     return price_usd(endpoint, prompt, completion)
 
 
-def run_estimate(cfg: RunConfig, train: list[Example], val: list[Example], test: list[Example]) -> dict:
+def run_estimate(cfg: RunConfig, train: list[Example], val: list[Example], test: list[Example]) -> RunEstimate:
     seed, item = train[0], test[0]
     pair_tokens = mean(approx_tokens(e.instruction) + approx_tokens(e.response) for e in train) + 10
     synth_calls = math.ceil(cfg.synth.rows_per_round / cfg.synth.pairs_per_request)
@@ -45,16 +46,13 @@ def run_estimate(cfg: RunConfig, train: list[Example], val: list[Example], test:
     per_round = (synth_cost + judge_cost) if known else None
     rounds = cfg.gate.max_rounds
     worst_synth = synth_calls * cfg.synth.max_waves
-    return {"synth_calls": synth_calls, "synth_calls_max": worst_synth, "judge_calls": judge_calls,
-            "calls": synth_calls + judge_calls, "baseline_calls": base_calls + service_baseline_calls,
-            "calibration_calls": calibration_calls,
-            "prompt_tokens": synth_calls * synth_prompt + judge_calls * judge_prompt,
-            "completion_tokens": synth_calls * synth_completion + judge_calls * judge_completion,
-            "cost_usd": per_round,
-            "run_calls_max": (worst_synth + judge_calls) * rounds + base_calls + service_baseline_calls
-            + calibration_calls,
-            "run_cost_usd_max": (synth_cost * cfg.synth.max_waves + judge_cost) * rounds + extra_cost
-            if known else None}
+    return RunEstimate(
+        synth_calls=synth_calls, synth_calls_max=worst_synth, judge_calls=judge_calls, calls=synth_calls + judge_calls,
+        baseline_calls=base_calls + service_baseline_calls, calibration_calls=calibration_calls,
+        prompt_tokens=synth_calls * synth_prompt + judge_calls * judge_prompt,
+        completion_tokens=synth_calls * synth_completion + judge_calls * judge_completion, cost_usd=per_round,
+        run_calls_max=(worst_synth + judge_calls) * rounds + base_calls + service_baseline_calls + calibration_calls,
+        run_cost_usd_max=(synth_cost * cfg.synth.max_waves + judge_cost) * rounds + extra_cost if known else None)
 
 
 def _calibration_calls(cfg: RunConfig) -> tuple[int, int]:

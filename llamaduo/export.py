@@ -14,14 +14,14 @@ from pathlib import Path
 
 from .config import InferConfig
 from .metrics import METRIC_NAMES
-from .records import Artifact, ExportResult, RoundRecord, StudentRef, Summary
+from .records import Artifact, ExportCheck, ExportResult, RoundRecord, StudentRef, Summary
 from .store import atomic_write_json, atomic_write_text, read_jsonl, staged_dir
 
 CHECK_ITEMS = 3
 
 
 def check_reproduces(model_dir: Path, items: list[dict], expected: dict[str, str], infer: InferConfig,
-                     system_prompt: str | None) -> dict:
+                     system_prompt: str | None) -> ExportCheck:
     """Greedy answers of the exported merged model vs the evaluated answers (same prompts)."""
     from .infer import generate_answers
 
@@ -29,7 +29,7 @@ def check_reproduces(model_dir: Path, items: list[dict], expected: dict[str, str
                                   max_new_tokens=infer.max_new_tokens, batch_size=infer.batch_size, samples=1,
                                   progress=False, backend=infer.backend)
     matched = sum(a[0] == expected.get(it["id"]) for it, a in zip(items, answers))
-    return {"checked": len(items), "matched": matched, "reproduces": matched == len(items)}
+    return ExportCheck(checked=len(items), matched=matched, reproduces=matched == len(items))
 
 
 def export_model(root: str | Path, student: StudentRef, best: RoundRecord, card_for, infer: InferConfig,
@@ -47,7 +47,7 @@ def export_model(root: str | Path, student: StudentRef, best: RoundRecord, card_
     with staged_dir(root / out) as tmp:
         save_merged(student.path, str(adapter_dir), tmp / "merged")
         shutil.copytree(adapter_dir, tmp / "adapter")
-        check = {"checked": 0, "matched": 0, "reproduces": None, "note": "sampled answers: not comparable"}
+        check = ExportCheck(checked=0, matched=0, reproduces=None, note="sampled answers: not comparable")
         if answers is not None and infer.samples_per_prompt == 1:
             items = read_jsonl(test.at(root))[:CHECK_ITEMS]
             expected = {r["id"]: r["answer"] for r in read_jsonl(answers.at(root))}
@@ -59,7 +59,8 @@ def export_model(root: str | Path, student: StudentRef, best: RoundRecord, card_
     return ExportResult(model=Artifact.of(root, out), check=check, seconds=round(time.time() - t0, 3))
 
 
-def model_card(summary: Summary, best: RoundRecord | None, teacher_label: str, check: dict | None = None) -> str:
+def model_card(summary: Summary, best: RoundRecord | None, teacher_label: str, check: ExportCheck | None = None
+               ) -> str:
     verdict = "passed" if best is not None and best.gate.passed else "did not pass"
     lines = [f"# {summary.name}: migrated student", "",
              f"Student `{summary.student}` fine-tuned with LoRA on data synthesized by `{summary.teacher}` "
@@ -70,9 +71,9 @@ def model_card(summary: Summary, best: RoundRecord | None, teacher_label: str, c
         g = best.gate
         lines += [f"- Exported round: {best.round} ({g.metric} = {g.value}, threshold {g.threshold}; {g.reason})",
                   f"- Training rows: {best.train_rows}"]
-    if check:
-        lines.append(f"- Reproduction check: {check.get('matched')}/{check.get('checked')} test answers re-generated "
-                     f"from `merged/` match the evaluated ones" + (f" ({check['note']})" if check.get("note") else ""))
+    if check is not None:
+        lines.append(f"- Reproduction check: {check.matched}/{check.checked} test answers re-generated "
+                     f"from `merged/` match the evaluated ones" + (f" ({check.note})" if check.note else ""))
     cols = _metric_cols(summary)
     lines += ["", "## Rounds", "", "| round | train rows | synthetic added | " + " | ".join(cols) + " | gate |",
               "|---" * (4 + len(cols)) + "|"]

@@ -80,7 +80,6 @@ STOP_BUDGET = "budget"
 STOP_PLATEAU = "plateau"
 STOP_SERVICE_FAILING = "service_failing"
 STOP_CACHE_WRITE_FAILED = "cache_write_failed"  # paid replies could not be saved: exit 1, fix the disk
-STOP_INTERRUPTED = "interrupted"
 STOP_NO_NEW_ROWS = "no_new_rows"  # a warm-started round kept no new rows: nothing to train on
 STOP_JUDGE_DISAGREES = "judge_disagrees"  # the judge's agreement with people is below judge.min_agreement: exit 3
 

@@ -17,7 +17,7 @@ from .store import atomic_write_jsonl, read_jsonl
 
 if TYPE_CHECKING:
     from .config import InferConfig
-    from .records import AnswersResult, Artifact, StudentRef
+    from .records import AnswersResult, Artifact, InferStats, StudentRef
 
 
 def resolve_backend(backend: str) -> str:
@@ -203,10 +203,11 @@ def _generate_hf(base_model: str, adapter_dir: str | None, tok, ids: list[list[i
 
 def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict], *, system_prompt: str | None,
                      max_new_tokens: int, batch_size: int, samples: int = 1, temperature: float = 0.4,
-                     progress: bool = True, backend: str = "hf") -> tuple[list[list[str]], dict]:
+                     progress: bool = True, backend: str = "hf") -> tuple[list[list[str]], InferStats]:
     """`samples` answers per item, in the order of `items`: greedy when 1, sampled at `temperature`
     otherwise (seeded)."""
     from .models import load_tokenizer
+    from .records import InferStats
 
     engine = resolve_backend(backend)
     tok = load_tokenizer(adapter_dir or base_model)
@@ -222,8 +223,8 @@ def generate_answers(base_model: str, adapter_dir: str | None, items: list[dict]
                                            batch_size=batch_size, samples=samples, temperature=temperature,
                                            progress=progress)
     seconds = time.time() - t0
-    return answers, {"items": len(items), "new_tokens": new_tokens, "seconds": round(seconds, 2), "backend": engine,
-                     "tokens_per_s": round(new_tokens / seconds, 1) if seconds else None}
+    return answers, InferStats(items=len(items), new_tokens=new_tokens, seconds=round(seconds, 2), backend=engine,
+                               tokens_per_s=round(new_tokens / seconds, 1) if seconds else None)
 
 
 def answer_items(root: str | Path, infer: "InferConfig", student: "StudentRef", adapter: "Artifact | None",

@@ -12,19 +12,21 @@ and its judgements as requested but not valid, never scored against the referenc
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
+from typing import TypeVar
 
 from .config import BudgetConfig, Endpoint, JudgeConfig, ServiceConfig
 from .errors import InputError
 from .metrics import METRICS
 from .parsing import JUDGE_SCHEMA, parse_judge_reply
-from .records import Artifact, EvalResult, ServiceStats
-from .service import Request, Result, ServiceClient, failing_reason, write_failure_log
+from .records import Artifact, EvalResult, ServiceStageResult, ServiceStats
+from .service import Request, Result
+from .service_stage import ServiceStage, run_service_stage
 from .similarity import normalize, rouge_l
 from .stats import aggregate_values, spread
-from .store import atomic_write_jsonl, read_jsonl
+from .store import read_jsonl
 from .templates import PromptTemplate, judge_template
 
 JUDGE_MAX_TOKENS = 1024
@@ -156,42 +158,86 @@ def embedding_cosines(items: list[dict], answers: list[list[str]], model: str | 
     return grouped
 
 
+@dataclass(frozen=True)
+class JudgeInputs:
+    """Answers to judge: the items and, per item, its sampled answers."""
+    items: list[dict]
+    samples: list[list[str]]
+
+
+A = TypeVar("A", bound=JudgeInputs)
+R = TypeVar("R", bound=ServiceStageResult)
+
+
+@dataclass(frozen=True)
+class JudgeStage(ServiceStage[A, R]):
+    """How the judge is asked and read, for every stage that judges answers (evaluation,
+    calibration): one request per (item, sample, repeat), the paper's verdict JSON, per-item scores."""
+    judge: JudgeConfig
+    service_max_tokens: int  # service.max_tokens: a verdict needs at most JUDGE_MAX_TOKENS of it
+    parse = staticmethod(parse_judge_reply)
+
+    def build_requests(self, inputs: A) -> list[Request]:
+        return build_judge_requests(inputs.items, inputs.samples, judge_template(self.judge.prompt_template),
+                                    repeats=self.judge.repeats, temperature=self.judge.temperature,
+                                    max_tokens=min(self.service_max_tokens, JUDGE_MAX_TOKENS))
+
+    def request_keys(self, inputs: A) -> list[str]:
+        return request_keys(inputs.items, inputs.samples, self.judge.repeats)
+
+    def score(self, inputs: A, results: list[Result], cosines: list[list[float]] | None = None) -> list[dict]:
+        return score_items(inputs.items, inputs.samples, results, self.judge.repeats, aggregate=self.judge.aggregate,
+                           cosines=cosines)
+
+
+@dataclass(frozen=True)
+class AnsweredItems(JudgeInputs):
+    unanswered: int  # items without an answer: not judged, counted
+
+
+@dataclass(frozen=True)
+class AnswerJudging(JudgeStage[AnsweredItems, EvalResult]):
+    """The judge scores every answer to `items`; ROUGE-L, exact match and embedding cosine beside it."""
+    name = "evaluate"
+    result_type = EvalResult
+    items: Artifact
+    answers: Artifact
+    who: str  # whose answers, in messages ("round 2", "round 2 validation")
+
+    @property
+    def label(self) -> str:
+        return f"{self.who} judging"
+
+    def read_inputs(self, root: Path) -> AnsweredItems:
+        items = read_jsonl(self.items.at(root))
+        by_id = {r["id"]: r.get("samples") or [r["answer"]] for r in read_jsonl(self.answers.at(root))}
+        answered = [it for it in items if it["id"] in by_id]
+        return AnsweredItems(answered, [by_id[it["id"]] for it in answered], len(items) - len(answered))
+
+    def output_rows(self, inputs: AnsweredItems, results: list[Result]) -> list[dict]:
+        return self.score(inputs, results, embedding_cosines(inputs.items, inputs.samples, self.judge.embedding_model))
+
+    def fill(self, result: EvalResult, inputs: AnsweredItems, results: list[Result], rows: list[dict] | None,
+             written: Artifact | None) -> None:
+        result.items, result.unanswered_items = len(inputs.items) + inputs.unanswered, inputs.unanswered
+        if rows is None:
+            return
+        result.judged = written
+        result.metrics = aggregate(rows)
+        result.per_item = per_item(rows)
+        result.per_item_by_id = per_item_by_id(rows)
+        result.judged_items = sum(1 for s in rows if "score" in s)
+        result.valid_judgments, result.requested_judgments = judgement_counts(
+            rows, inputs.unanswered, max((len(s) for s in inputs.samples), default=1), self.judge.repeats)
+        result.parse_failures = sum(s["judge_parse_failures"] for s in rows)
+        result.call_failures = sum(s["judge_call_failures"] for s in rows)
+
+
 def evaluate_answers(root: str | Path, judge: JudgeConfig, endpoint: Endpoint, limits: ServiceConfig,
                      budget: BudgetConfig, spent: ServiceStats, items: Artifact, answers: Artifact, label: str,
                      out: str, on_progress=None) -> EvalResult:
     """The judge scores every answer `judge.repeats` times; ROUGE-L, exact match and embedding
     cosine beside it. Writes `out` (per-item scores) and `out`'s failure log. On a budget stop
     or a failing judge the scores are not written: the stage is redone when resumed."""
-    t0 = time.time()
-    root = Path(root)
-    test = read_jsonl(items.at(root))
-    by_id = {r["id"]: r.get("samples") or [r["answer"]] for r in read_jsonl(answers.at(root))}
-    all_items, test = test, [it for it in test if it["id"] in by_id]
-    samples = [by_id[it["id"]] for it in test]
-    client = ServiceClient(endpoint, limits, root / "cache" / "service", budget=budget, spent=spent)
-    requests = build_judge_requests(test, samples, judge_template(judge.prompt_template), repeats=judge.repeats,
-                                    temperature=judge.temperature, max_tokens=min(limits.max_tokens, JUDGE_MAX_TOKENS))
-    results = client.run(requests, parse_judge_reply, desc=f"{label} judge", on_progress=on_progress)
-    write_failure_log(root / out.replace(".jsonl", ".failures.jsonl"), "evaluate", results,
-                      request_keys(test, samples, judge.repeats))
-    result = EvalResult(service=client.stats, budget_hit=client.budget_hit, items=len(all_items),
-                        unanswered_items=len(all_items) - len(test),
-                        failing=failing_reason(f"{label} judging", results, limits.max_failure_rate,
-                                               limits.min_calls_for_breaker))
-    if result.budget_hit or result.failing:
-        result.seconds = round(time.time() - t0, 3)
-        return result
-    scored = score_items(test, samples, results, judge.repeats, aggregate=judge.aggregate,
-                         cosines=embedding_cosines(test, samples, judge.embedding_model))
-    atomic_write_jsonl(root / out, scored)
-    result.judged = Artifact.of(root, out)
-    result.metrics = aggregate(scored)
-    result.per_item = per_item(scored)
-    result.per_item_by_id = per_item_by_id(scored)
-    result.judged_items = sum(1 for s in scored if "score" in s)
-    result.valid_judgments, result.requested_judgments = judgement_counts(
-        scored, result.unanswered_items, max((len(s) for s in samples), default=1), judge.repeats)
-    result.parse_failures = sum(s["judge_parse_failures"] for s in scored)
-    result.call_failures = sum(s["judge_call_failures"] for s in scored)
-    result.seconds = round(time.time() - t0, 3)
-    return result
+    stage = AnswerJudging(judge=judge, service_max_tokens=limits.max_tokens, items=items, answers=answers, who=label)
+    return run_service_stage(root, stage, endpoint, limits, budget, spent, out=out, on_progress=on_progress)

@@ -4,14 +4,13 @@
 process, so the numbers include what a caller pays: HTTP, the chat template, batching. Single-request
 latency comes from requests sent one after another; throughput from `batch_size` requests kept in
 flight (the server batches what waits). The child is stopped before returning, and ends by itself if
-this process dies (parent-death lifeline).
+this process dies (llamaduo/childproc.py's lifeline).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .childproc import Child, failure_text
 from .records import LatencyStats
 
 START_TIMEOUT_S = 600.0  # loading a large model from a slow disk
@@ -55,19 +55,17 @@ class _Endpoint:
         self.tmp = tempfile.TemporaryDirectory(prefix="llamaduo-latency-")
         ready, self.log = Path(self.tmp.name) / "ready.json", Path(self.tmp.name) / "serve.log"
         cmd = [sys.executable, "-m", "llamaduo.serve", str(model_dir), "--host", "127.0.0.1", "--port", "0",
-               "--max-batch", str(max_batch), "--backend", backend, "--ready-file", str(ready),
-               "--parent-pid", str(os.getpid())]
+               "--max-batch", str(max_batch), "--backend", backend, "--ready-file", str(ready)]
         cmd += ["--no-system-prompt"] if system_prompt is None else ["--system-prompt", system_prompt]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "TQDM_DISABLE": "1"})
+            self.child = Child(cmd, stdout=log, stderr=log, env={**os.environ, "TQDM_DISABLE": "1"})
         self.ready = ready
 
     def __enter__(self) -> "_Endpoint":
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._fail(f"the endpoint exited with {self.proc.returncode} while starting")
+            if self.child.proc.poll() is not None:
+                self._fail(f"the endpoint exited with {self.child.proc.returncode} while starting")
             if self.ready.is_file():
                 info = json.loads(self.ready.read_text())
                 self.base = f"http://127.0.0.1:{info['port']}"
@@ -81,18 +79,12 @@ class _Endpoint:
 
     def _fail(self, why: str):
         self.stop()
-        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:]) if self.log.is_file() else ""
+        tail = self.log.read_text(errors="replace") if self.log.is_file() else ""
         self.tmp.cleanup()
-        raise EndpointFailed(f"{why}:\n{tail}")
+        raise EndpointFailed(failure_text(why, tail, cut=False))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # uvicorn shuts down on SIGTERM
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.child.stop(grace_s=15)  # uvicorn shuts down on SIGTERM
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -7,6 +7,7 @@ its training process and its temporary Prefect server went on as orphans and rac
 
 Two signals of a parent's death, either is enough: Linux's parent-death signal (prctl), and a pipe
 whose write end only the parent holds (EOF when the parent is gone, on any POSIX system).
+llamaduo/childproc.py starts children with both and arms them in the child.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a dead child its parent has not reaped yet)."""
     try:
@@ -89,26 +100,19 @@ def terminate_descendants() -> None:
     _signal_all(descendants(os.getpid()), signal.SIGTERM)
 
 
-def watch_parent_pid(parent_pid: int, on_parent_gone, poll_s: float = 2.0) -> None:
-    """Call `on_parent_gone` once this process's parent is no longer `parent_pid` (checked at once,
-    then every `poll_s`): the portable fallback where no death signal or pipe is available."""
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(poll_s)
-        on_parent_gone()
-
-    threading.Thread(target=watch, name="parent-pid-watch", daemon=True).start()
-
-
 class ParentLifeline:
     """In a child: end `on_parent_gone` (by default: this whole process tree) when the parent dies.
 
     `parent_pid` is the pid the parent gave (a parent that died before this ran is noticed at
-    once); `pipe_fd` the read end of a pipe whose write end only the parent holds."""
+    once); `pipe_fd` the read end of a pipe whose write end only the parent holds; `ancestor_pid` a
+    process above the parent whose end counts too (the parent is a launcher, such as `accelerate
+    launch`, that holds no lifeline of its own; polled every 2 s). `death_signal=SIGKILL`: the
+    kernel ends this process at once on the parent's death, `on_parent_gone` is not called then."""
 
     def __init__(self, parent_pid: int, pipe_fd: int | None = None, on_parent_gone=None,
-                 death_signal: int = signal.SIGHUP):
+                 death_signal: int = signal.SIGHUP, ancestor_pid: int | None = None):
         self.parent_pid, self.pipe_fd, self.death_signal = parent_pid, pipe_fd, death_signal
+        self.ancestor_pid = ancestor_pid
         self.on_parent_gone = on_parent_gone or end_process_tree
         self._once = threading.Lock()
 
@@ -118,13 +122,21 @@ class ParentLifeline:
 
     def start(self) -> "ParentLifeline":
         if threading.current_thread() is threading.main_thread():
-            signal.signal(self.death_signal, self._gone)
+            if self.death_signal != signal.SIGKILL:  # SIGKILL cannot be handled: it just ends this process
+                signal.signal(self.death_signal, self._gone)
             set_parent_death_signal(self.death_signal)
         if self.pipe_fd is not None:
             threading.Thread(target=self._watch_pipe, name="parent-lifeline", daemon=True).start()
+        if self.ancestor_pid is not None:
+            threading.Thread(target=self._watch_ancestor, name="ancestor-lifeline", daemon=True).start()
         if os.getppid() != self.parent_pid:  # the parent died before the death signal was armed
             self._gone()
         return self
+
+    def _watch_ancestor(self) -> None:
+        while _exists(self.ancestor_pid):
+            time.sleep(2.0)
+        self._gone()
 
     def _watch_pipe(self) -> None:
         try:

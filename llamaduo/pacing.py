@@ -23,6 +23,10 @@ from typing import AsyncContextManager, AsyncIterator, Iterator, Protocol
 
 from .config import Endpoint, ServiceConfig
 
+# Set by a launcher that exports the URL of a Prefect server it started for one run (`llamaduo run`'s
+# temporary server): that server is not shared, so limits stay in this process.
+TEMPORARY_SERVER_ENV = "LLAMADUO_TEMPORARY_SERVER"
+
 
 class PacerSession(Protocol):
     def call(self) -> AsyncContextManager[None]:

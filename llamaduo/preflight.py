@@ -12,9 +12,9 @@ from .config import Endpoint, RunConfig
 from .data import Splits, load_coverage
 from .errors import InputError
 from .estimate import run_estimate, warnings_for
-from .models import check_student
+from .models import resolve_student
 from .parsing import parse_judge_reply, parse_synth_reply
-from .records import ServiceStats
+from .records import RunEstimate, ServiceStats
 from .service import ServiceClient, check_pricing
 from .templates import judge_template, synth_template
 
@@ -22,7 +22,7 @@ from .templates import judge_template, synth_template
 @dataclass
 class Preflight:
     splits: Splits
-    estimate: dict
+    estimate: RunEstimate
     warnings: list[str] = field(default_factory=list)
     probe: ServiceStats = field(default_factory=ServiceStats)
 
@@ -109,7 +109,7 @@ def preflight(cfg: RunConfig, workdir: str | Path | None = None, *, probe: bool 
     for ep in (cfg.service_endpoint(), cfg.judge_endpoint()):
         _key_present(ep)
         check_pricing(ep, cfg.budget)
-    check_student(cfg.student.model)
+    resolve_student(cfg.student.model, check=True)
     check_backend(cfg.infer.backend)
     if workdir is not None:
         from .runstore import RunStore

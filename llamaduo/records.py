@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from .store import sha256_path
 
@@ -108,14 +108,59 @@ class WarmStartSetResult(StageResult):
     replayed_rows: int
 
 
+class _Stats(_Record):
+    """What a stage measured. Its JSON (summary.json's `train_stats`, `infer_stats`) holds the
+    fields the stage set, as before these were records: a round without training keeps `{}`, a field
+    set to null stays null."""
+
+    @model_serializer(mode="wrap")
+    def _set_fields_only(self, handler):
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+class TrainStats(_Stats):
+    """One training (llamaduo.train.train_lora), as summary.json's `train_stats`."""
+    steps: int = Field(0, description="Optimizer steps at the end (a resumed run counts its checkpoint's).")
+    train_loss: float | None = Field(None, description="Mean training loss (the Trainer's).")
+    first_loss: float | None = Field(None, description="First logged loss (null: nothing logged).")
+    last_loss: float | None = Field(None, description="Last logged loss.")
+    rows: int = Field(0, description="Rows trained on.")
+    micro_batch: int | None = Field(None, description="Rows per forward pass (halved by an OOM retry).")
+    grad_accum: int | None = Field(None, description="Gradient accumulation: micro_batch x grad_accum keeps the "
+                                   "configured batch.")
+    quantized_4bit: bool = False
+    warm_start: bool = Field(False, description="Continued the previous round's adapter.")
+    lean_cpu_loss: bool = Field(False, description="The CPU trainer (llamaduo.lean_sft) computed the loss.")
+    resumed_from: str | None = Field(None, description="The checkpoint an interrupted training resumed from.")
+    seconds: float = Field(0.0, description="Training wall time (model loading excluded).")
+    attempt: int | None = Field(None, description="The task attempt that trained (each retry after a CUDA OOM "
+                                "halves micro_batch).")
+
+
+class InferStats(_Stats):
+    """The student's generation (llamaduo.infer.generate_answers), as summary.json's `infer_stats`."""
+    items: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    backend: str | None = Field(None, description="hf (transformers) or vllm.")
+    tokens_per_s: float | None = None
+
+
+class ServiceAnswerStats(_Stats):
+    """The service LLM's answers (llamaduo.baseline.service_answers): a failed call is unanswered."""
+    items: int = 0
+    answered: int = 0
+    unanswered: int = 0
+
+
 class FinetuneResult(StageResult):
     adapter: Artifact
-    stats: dict
+    stats: TrainStats
 
 
 class AnswersResult(ServiceStageResult):
     answers: Artifact | None = None
-    stats: dict = Field(default_factory=dict)
+    stats: InferStats | ServiceAnswerStats = Field(default_factory=InferStats)
 
 
 class EvalResult(ServiceStageResult):
@@ -139,9 +184,18 @@ class EvalResult(ServiceStageResult):
         return self.valid_judgments / self.requested_judgments if self.requested_judgments else 0.0
 
 
+class ExportCheck(_Stats):
+    """The exported weights' greedy answers to a few test items, compared with the evaluated answers
+    (summary.json's `export_check`)."""
+    checked: int
+    matched: int
+    reproduces: bool | None = Field(description="null: not comparable (see note).")
+    note: str | None = Field(None, description="Why the answers were not compared (set only then).")
+
+
 class ExportResult(StageResult):
     model: Artifact
-    check: dict
+    check: ExportCheck
 
 
 class Criterion(_Record):
@@ -206,8 +260,8 @@ class RoundRecord(_Record):
     adapter: Artifact | None = None
     judged: Artifact | None = None
     answers: Artifact | None = None
-    train_stats: dict = Field(default_factory=dict)
-    infer_stats: dict = Field(default_factory=dict)
+    train_stats: TrainStats = Field(default_factory=TrainStats)
+    infer_stats: InferStats = Field(default_factory=InferStats)
 
 
 class DataSummary(_Record):
@@ -225,7 +279,7 @@ class Summary(_Record):
     final_model_dir: str | None
     exported_round: int | None = None
     exported_round_passed: bool | None = None
-    export_check: dict | None = None
+    export_check: ExportCheck | None = None
     preflight: ServiceStats = Field(default_factory=ServiceStats)
     teacher: str
     judge: str
@@ -238,6 +292,39 @@ class Summary(_Record):
     rounds: list[RoundRecord] = Field(default_factory=list)
     calibration: "Calibration | None" = Field(None, description="The judge's agreement with people's ratings "
                                               "(judge.calibration_path); null = the judge is not calibrated.")
+
+
+class Invocation(_Record):
+    """What this invocation actually did (stages answered from Prefect's cache count nothing)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    service_calls: int = 0
+    training_steps: int = 0
+
+
+class MigrationResult(_Record):
+    """What the `migrate` flow returns: where the results are and what this invocation did."""
+    summary_path: str
+    passed: bool
+    stop_reason: str | None
+    stop_detail: str | None = None
+    final_model_dir: str | None = None
+    exported_round: int | None = None
+    invocation: Invocation = Field(default_factory=Invocation)
+
+
+class RunEstimate(_Record):
+    """Calls, tokens and cost before anything is spent (`llamaduo.estimate.run_estimate`)."""
+    synth_calls: int = Field(description="Synthesis calls per round (one wave).")
+    synth_calls_max: int = Field(description="Synthesis calls per round when every wave runs.")
+    judge_calls: int = Field(description="Judge calls per round: test + validation items x samples x repeats.")
+    calls: int = Field(description="synth_calls + judge_calls.")
+    baseline_calls: int = Field(description="Calls of the baselines (base student, service), once per run.")
+    calibration_calls: int = Field(description="Judge calls on the calibration set, once per run.")
+    prompt_tokens: int = Field(description="Prompt tokens per round.")
+    completion_tokens: int = Field(description="Completion tokens per round.")
+    cost_usd: float | None = Field(description="Cost per round; null: an endpoint has no known price.")
+    run_calls_max: int = Field(description="Calls of the whole run at most (every round, every wave).")
+    run_cost_usd_max: float | None = Field(description="Cost of the whole run at most; null: no known price.")
 
 
 class LatencyStats(_Record):

@@ -198,12 +198,12 @@ class VLLMEngine:
     def __init__(self, model_dir: Path):
         from vllm import LLM
 
-        from .models import load_tokenizer
+        from .models import device, load_tokenizer
 
         self.tok = load_tokenizer(str(model_dir))
         self.llm = LLM(model=str(model_dir), seed=0,
                        gpu_memory_utilization=float(os.environ.get("LLAMADUO_VLLM_GPU_MEMORY", "0.85")))
-        self.device = _torch_device()
+        self.device = device()
         self.context = None  # vLLM refuses an over-long prompt itself
 
     def generate(self, jobs: list[_Job]) -> list[Completion]:
@@ -220,12 +220,6 @@ class VLLMEngine:
             done.append(Completion(c.text.strip(), len(c.token_ids), "length" if reason == "length" or (
                 reason is None and len(c.token_ids) >= job.max_new_tokens) else "stop"))
         return done
-
-
-def _torch_device() -> str:
-    from .models import device
-
-    return device()
 
 
 def load_engine(model_dir: Path, backend: str = "auto"):
@@ -390,17 +384,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system-prompt", dest="system_prompt", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-system-prompt", dest="no_system_prompt", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", dest="ready_file", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--parent-pid", dest="parent_pid", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def serve(args: argparse.Namespace) -> int:
     """Exit 2 when RUN_DIR holds no exported model or the port is taken; otherwise serve until stopped."""
+    from .childproc import hold_lifeline
     from .redact import redact
 
-    if args.parent_pid is not None:  # a measuring parent: do not outlive it
-        from .lifeline import ParentLifeline
-
-        ParentLifeline(args.parent_pid).start()
+    hold_lifeline()  # started by a measuring parent (llamaduo.latency): do not outlive it
     try:
         served = locate(args.run_dir)
     except InputError as exc:

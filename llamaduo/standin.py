@@ -25,7 +25,6 @@ from functools import lru_cache
 from .similarity import rouge_l
 from .store import sha256_text
 
-PROVIDER = "llamaduo-standin"
 LABEL = "offline stand-in teacher (deterministic; not a real LLM)"
 
 _JUDGE_BLOCK = re.compile(r"{label}:\s*```\n?(.*?)\n?```", re.DOTALL)

@@ -107,35 +107,17 @@ def staged_dir(final_dir: str | Path) -> Iterator[Path]:
         shutil.rmtree(holder, ignore_errors=True)
 
 
-class RunDir:
-    """Where a run's files live: DIR/summary.json, DIR/data/, DIR/rounds/round_NN/…"""
+def round_dir(k: int) -> str:
+    """Round k's directory relative to the run directory (round 0: the base student before fine-tuning)."""
+    return f"rounds/round_{k:02d}"
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root).resolve()
 
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def service_cache(self) -> Path:
-        return self.root / "cache" / "service"
-
-    @property
-    def export(self) -> Path:
-        return self.root / "final_model"
-
-    def round(self, k: int) -> Path:
-        return self.root / "rounds" / f"round_{k:02d}"
-
-    def mkdirs(self) -> "RunDir":
-        for p in (self.root, self.data, self.service_cache):
-            p.mkdir(parents=True, exist_ok=True)
-        return self
+def make_run_dir(root: str | Path) -> Path:
+    """Create the run directory with the folders every run writes into (data, the reply cache)."""
+    root = Path(root).resolve()
+    for p in (root, root / "data", root / "cache" / "service"):
+        p.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 # -- one run per run directory -------------------------------------------------------------------

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import random
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import BudgetConfig, Endpoint, ServiceConfig, SynthConfig
 from .data import Example, example_id
 from .parsing import SYNTH_SCHEMA, parse_synth_reply
 from .records import Artifact, ServiceStats, SynthResult
-from .service import Request, Result, ServiceClient, failing_reason, write_failure_log
+from .service import Request, Result
+from .service_stage import ServiceStage, run_service_stage
 from .similarity import words
-from .store import atomic_write_jsonl, read_jsonl
+from .store import read_jsonl
 from .templates import PromptTemplate, synth_template
 
 
@@ -81,12 +82,12 @@ def build_synth_requests(seeds: list[Example], template: PromptTemplate, *, n: i
 
 
 def candidate_rows(results: list[Result], seeds: list[Example], *, round_no: int, generator: str,
-                   template_sha: str) -> tuple[list[dict], list[dict]]:
-    """Replies -> (candidate rows with lineage, failed requests with their reason)."""
-    rows, failures = [], []
+                   template_sha: str) -> list[dict]:
+    """Replies -> candidate rows with lineage, one per pair (a failed request has none: its
+    reason is in the failure log)."""
+    rows = []
     for res, s in zip(results, seeds):
         if not res.ok:
-            failures.append({"seed_id": s.id, "kind": res.kind, "error": res.error})
             continue
         for j, pair in enumerate(res.value):
             if res.truncated and j == len(res.value) - 1:  # the provider stopped at max_tokens inside it
@@ -98,7 +99,7 @@ def candidate_rows(results: list[Result], seeds: list[Example], *, round_no: int
             else:
                 rows.append({**lineage, "id": example_id(pair["instruction"], pair["response"]),
                              "instruction": pair["instruction"], "response": pair["response"]})
-    return rows, failures
+    return rows
 
 
 def choose_seeds(train: list[Example], synth: SynthConfig, n_requests: int, *, seed_offset: int, split_seed: int,
@@ -111,35 +112,67 @@ def choose_seeds(train: list[Example], synth: SynthConfig, n_requests: int, *, s
     return select_seeds(train, n_requests, seed_offset, split_seed)
 
 
+@dataclass(frozen=True)
+class SynthesisWave(ServiceStage[list[Example], SynthResult]):
+    """One wave of synthesis: a request per seed, candidate rows with lineage out."""
+    name = "synthesize"
+    result_type = SynthResult
+    parse = staticmethod(parse_synth_reply)
+    synth: SynthConfig
+    template: PromptTemplate
+    train: Artifact
+    val_judged: Artifact | None
+    generator: str  # the service model, recorded in each row's lineage
+    temperature: float
+    max_tokens: int
+    round_no: int
+    wave: int
+    n_requests: int
+    seed_offset: int
+    split_seed: int
+
+    @property
+    def label(self) -> str:
+        return f"round {self.round_no} synthesis"
+
+    def read_inputs(self, root: Path) -> list[Example]:
+        """The wave's seeds."""
+        rows = [Example.from_dict(r) for r in read_jsonl(self.train.at(root))]
+        return choose_seeds(rows, self.synth, self.n_requests, seed_offset=self.seed_offset,
+                            split_seed=self.split_seed, round_no=self.round_no, wave=self.wave,
+                            val_judged=read_jsonl(self.val_judged.at(root)) if self.val_judged else None)
+
+    def build_requests(self, seeds: list[Example]) -> list[Request]:
+        return build_synth_requests(seeds, self.template, n=self.synth.pairs_per_request, topic=self.synth.topic,
+                                    temperature=self.temperature, max_tokens=self.max_tokens, round_no=self.round_no,
+                                    wave=self.wave, topics=self.synth.topics)
+
+    def request_keys(self, seeds: list[Example]) -> list[str]:
+        return [s.id for s in seeds]
+
+    def output_rows(self, seeds: list[Example], results: list[Result]) -> list[dict]:
+        return candidate_rows(results, seeds, round_no=self.round_no, generator=self.generator,
+                              template_sha=self.template.sha256)
+
+    def unusable(self, results: list[Result], rows: list[dict]) -> str | None:
+        return f"{self.label}: the service produced no usable pair" if results and not rows else None
+
+    def fill(self, result: SynthResult, seeds: list[Example], results: list[Result], rows: list[dict] | None,
+             written: Artifact | None) -> None:
+        result.candidates = written
+        result.rows = sum(len(r.value) for r in results if r.ok)  # one candidate row per pair, written or not
+        result.failed_requests = sum(not r.ok for r in results)
+        result.next_seed_offset = self.seed_offset + self.n_requests
+
+
 def synthesize_wave(root: str | Path, synth: SynthConfig, endpoint: Endpoint, limits: ServiceConfig,
                     budget: BudgetConfig, spent: ServiceStats, train: Artifact, *, round_no: int, wave: int,
                     n_requests: int, seed_offset: int, split_seed: int, val_judged: Artifact | None, out: str,
                     on_progress=None) -> SynthResult:
     """Ask the service LLM for new pairs from `n_requests` seeds; writes candidate rows with
     lineage to `out` (not written on a budget stop or a failing service: redone on resume)."""
-    t0 = time.time()
-    root = Path(root)
-    rows = [Example.from_dict(r) for r in read_jsonl(train.at(root))]
-    seeds = choose_seeds(rows, synth, n_requests, seed_offset=seed_offset, split_seed=split_seed,
-                         round_no=round_no, wave=wave,
-                         val_judged=read_jsonl(val_judged.at(root)) if val_judged else None)
-    template = synth_template(synth.prompt_template)
-    client = ServiceClient(endpoint, limits, root / "cache" / "service", budget=budget, spent=spent)
-    requests = build_synth_requests(seeds, template, n=synth.pairs_per_request, topic=synth.topic,
-                                    temperature=limits.temperature, max_tokens=limits.max_tokens,
-                                    round_no=round_no, wave=wave, topics=synth.topics)
-    results = client.run(requests, parse_synth_reply, desc=f"round {round_no} synthesize", on_progress=on_progress)
-    write_failure_log(root / out.replace(".jsonl", ".failures.jsonl"), "synthesize", results, [s.id for s in seeds])
-    candidates, failures = candidate_rows(results, seeds, round_no=round_no, generator=endpoint.model,
-                                          template_sha=template.sha256)
-    result = SynthResult(service=client.stats, budget_hit=client.budget_hit, rows=len(candidates),
-                         failed_requests=len(failures), next_seed_offset=seed_offset + n_requests,
-                         failing=failing_reason(f"round {round_no} synthesis", results, limits.max_failure_rate,
-                                                 limits.min_calls_for_breaker))
-    if not result.budget_hit and not result.failing and results and not candidates:
-        result.failing = f"round {round_no} synthesis: the service produced no usable pair"
-    if not result.budget_hit and not result.failing:
-        atomic_write_jsonl(root / out, candidates)
-        result.candidates = Artifact.of(root, out)
-    result.seconds = round(time.time() - t0, 3)
-    return result
+    stage = SynthesisWave(synth=synth, template=synth_template(synth.prompt_template), train=train,
+                          val_judged=val_judged, generator=endpoint.model, temperature=limits.temperature,
+                          max_tokens=limits.max_tokens, round_no=round_no, wave=wave, n_requests=n_requests,
+                          seed_offset=seed_offset, split_seed=split_seed)
+    return run_service_stage(root, stage, endpoint, limits, budget, spent, out=out, on_progress=on_progress)

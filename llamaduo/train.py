@@ -1,16 +1,17 @@
 """LoRA / QLoRA supervised fine-tuning of the student with TRL + PEFT.
 
-`run_training` runs `python -m llamaduo.train SPEC.json` in a child process by default,
-so a GPU's memory is fully released when training ends. The adapter directory appears
-only when training finished (written to a temp dir, then renamed).
+`run_training` runs `python -m llamaduo.train SPEC RESULT` in a child process by default
+(llamaduo/childproc.py), so a GPU's memory is fully released when training ends. The adapter
+directory appears only when training finished (written to a temp dir, then renamed). The
+Trainer's logs become one line each on the `llamaduo.train` logger.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -18,10 +19,13 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from .childproc import ChildFailed, child_main, run_json_child
 from .config import TrainConfig
 from .data import Example, to_chat
-from .records import Artifact, FinetuneResult, StudentRef
+from .records import Artifact, FinetuneResult, StudentRef, TrainStats
 from .store import atomic_write_json, read_json, read_jsonl, sha256_file, sha256_json, sha256_path, staged_dir
+
+log = logging.getLogger(__name__)
 
 
 class TrainSpec(BaseModel):
@@ -35,7 +39,7 @@ class TrainSpec(BaseModel):
     init_adapter: str | None = None  # warm start: continue training this adapter instead of a fresh one
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(ChildFailed):
     pass
 
 
@@ -118,7 +122,36 @@ def build_trainer(spec: TrainSpec):
                              "quantized_4bit": _use_4bit(cfg), "warm_start": bool(spec.init_adapter),
                              "lean_cpu_loss": trainer_cls is not SFTTrainer}
     trainer.add_callback(_progress_callback(progress_path(spec)))
+    _readable_logs(trainer)
     return trainer
+
+
+def log_line(logs: dict, step: int, max_steps: int) -> str:
+    """A Trainer log (`{'loss': 2.31, 'grad_norm': 1.2, 'learning_rate': 0.0048, 'epoch': 0.4}`) as one line."""
+    epoch = logs.get("epoch")
+    values = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
+                       if k not in ("epoch", "total_flos"))
+    return f"training step {step}/{max_steps}" + (f" (epoch {epoch:.2f})" if epoch is not None else "") + f": {values}"
+
+
+def _readable_logs(trainer) -> None:
+    """The Trainer prints every log as a raw dict, on stdout (PrinterCallback) or under its progress
+    bar: a line on the `llamaduo.train` logger instead (the flow's log in-process; stderr in the child)."""
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    class LogLine(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                log.info(log_line(logs, state.global_step, state.max_steps))
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnly)
+    trainer.add_callback(LogLine())
 
 
 def progress_path(spec: TrainSpec) -> Path:
@@ -201,7 +234,7 @@ def _quiet_training():
             ds_logging.enable_progress_bar()
 
 
-def train_lora(spec: TrainSpec) -> dict:
+def train_lora(spec: TrainSpec) -> TrainStats:
     """Fine-tune in this process; returns training stats. Writes the adapter to spec.output_dir.
     An interrupted run (crash, OOM, kill) resumes from its last checkpoint."""
     out = Path(spec.output_dir)
@@ -211,7 +244,7 @@ def train_lora(spec: TrainSpec) -> dict:
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if not trainer.is_world_process_zero():  # other data-parallel ranks: rank 0 writes the adapter
-            return {"steps": int(result.global_step)}
+            return TrainStats(steps=int(result.global_step))
         with staged_dir(out) as tmp:
             trainer.model.save_pretrained(tmp)
             trainer.processing_class.save_pretrained(tmp)
@@ -220,10 +253,10 @@ def train_lora(spec: TrainSpec) -> dict:
         with contextlib.suppress(OSError):
             checkpoints_root(spec).rmdir()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"steps": int(result.global_step), "train_loss": round(float(result.training_loss), 4),
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            **trainer.llamaduo_meta, "resumed_from": resume.name if resume else None,
-            "seconds": round(time.time() - t0, 2)}
+    return TrainStats(steps=int(result.global_step), train_loss=round(float(result.training_loss), 4),
+                      first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
+                      **trainer.llamaduo_meta, resumed_from=resume.name if resume else None,
+                      seconds=round(time.time() - t0, 2))
 
 
 def _visible_gpus() -> int:
@@ -232,15 +265,15 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def launch_command(n_gpus: int, spec_path: str, result_path: str) -> list[str]:
-    """One process on CPU or one GPU; `accelerate launch` (data parallel) on several GPUs."""
+def launch_command(n_gpus: int) -> list[str]:
+    """What runs the training module: one process on CPU or one GPU; `accelerate launch` (data
+    parallel) on several GPUs."""
     if n_gpus > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n_gpus), "--module",
-                "llamaduo.train", spec_path, result_path]
-    return [sys.executable, "-m", "llamaduo.train", spec_path, result_path]
+        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n_gpus), "--module"]
+    return [sys.executable, "-m"]
 
 
-def run_training(spec: TrainSpec, *, subprocess_mode: bool = True, on_progress=None) -> dict:
+def run_training(spec: TrainSpec, *, subprocess_mode: bool = True, on_progress=None) -> TrainStats:
     """Train (in a child process unless told otherwise) and return its stats; `on_progress(step,
     max_steps)` is called as training advances."""
     import threading
@@ -260,62 +293,33 @@ def run_training(spec: TrainSpec, *, subprocess_mode: bool = True, on_progress=N
             watcher.join(timeout=5)
 
 
-def _train_here_or_in_child(spec: TrainSpec, subprocess_mode: bool) -> dict:
+def _train_here_or_in_child(spec: TrainSpec, subprocess_mode: bool) -> TrainStats:
     if not subprocess_mode:
         return train_lora(spec)
-    spec_path = Path(spec.output_dir).with_suffix(".spec.json")
-    result_path = Path(spec.output_dir).with_suffix(".result.json")
-    result_path.unlink(missing_ok=True)
-    atomic_write_json(spec_path, spec.model_dump(mode="json"))
     env = {**os.environ, "LLAMADUO_PROGRESS": "1" if sys.stderr.isatty() else os.environ.get("LLAMADUO_PROGRESS", "0")}
-    proc = subprocess.Popen(launch_command(_visible_gpus(), str(spec_path), str(result_path)),
-                            stderr=subprocess.PIPE, env=env)
-    tail = b""
-    try:
-        for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # live progress, and the tail for errors
-            sys.stderr.buffer.write(chunk)
-            sys.stderr.flush()
-            tail = (tail + chunk)[-6000:]
-        returncode = proc.wait()
-    except BaseException:  # a signal or crash of the parent: the training process must not outlive it
-        stop_process(proc)
-        raise
-    if returncode != 0 or not result_path.is_file():
-        text = tail.decode("utf-8", "replace").replace("\r", "\n")
-        from .redact import redact
-
-        # The tail's first line may start mid-key (cut at 6,000 bytes): it is dropped before redaction.
-        raise TrainingFailed(redact(f"training process exited with {returncode}:\n"
-                                    + "\n".join(text.splitlines()[1:][-15:])))
-    return read_json(result_path)
+    # stderr goes on live (progress); a stopped flow stops training, which resumes from its last
+    # checkpoint next time; an OOM's text is in the error, where the task's retry condition finds it.
+    return TrainStats.model_validate(run_json_child(
+        "llamaduo.train", spec, Path(spec.output_dir).with_suffix(".spec.json"),
+        Path(spec.output_dir).with_suffix(".result.json"), what="training process", error=TrainingFailed,
+        launcher=launch_command(_visible_gpus()), env=env, echo_stderr=True))
 
 
-def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """Terminate a child (it resumes from its last checkpoint next time), kill it if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _train_in_child(spec: dict) -> TrainStats | None:
+    stats = train_lora(TrainSpec.model_validate(spec))
+    return stats if int(os.environ.get("RANK", "0")) == 0 else None  # rank 0 reports for all
 
 
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    from .lifeline import set_parent_death_signal, watch_parent_pid
-
-    argv = argv if argv is not None else sys.argv[1:]
+    handler = logging.StreamHandler(sys.stderr)  # the parent shows this process's stderr
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     # A killed or crashed parent (the flow process, or accelerate's launcher) must not leave training
-    # holding the CPU/GPU. Linux: at once, however it dies; elsewhere: within 2 s.
-    set_parent_death_signal(signal.SIGKILL)
-    watch_parent_pid(os.getppid(), lambda: os._exit(3))
-    spec = TrainSpec.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
-    stats = train_lora(spec)
-    if int(os.environ.get("RANK", "0")) == 0:
-        atomic_write_json(argv[1], stats)
-    return 0
+    # holding the CPU/GPU: the kernel ends it at once.
+    return child_main(_train_in_child, argv, death_signal=signal.SIGKILL)
 
 
 def finetune(root: str | Path, train: TrainConfig, student: StudentRef, system_prompt: str | None,

@@ -1,7 +1,8 @@
 """vLLM generation for `infer.backend: vllm` (CUDA).
 
 vLLM keeps most of the GPU's memory until its process ends, and the next round trains on the same
-GPU, so generation runs in a child process (`python -m llamaduo.vllm_backend REQUEST RESULT`). The
+GPU, so generation runs in a child process (`python -m llamaduo.vllm_backend REQUEST RESULT`,
+llamaduo/childproc.py: it ends with this process, its error text is redacted). The
 adapter is merged into the base first (the weights the export ships), and vLLM is given the prompt
 token ids the transformers path uses, so both engines answer the same prompts.
 """
@@ -9,15 +10,13 @@ token ids the transformers path uses, so both engines answer the same prompts.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from .store import atomic_write_json, read_json
+from .childproc import ChildFailed, child_main, run_json_child
 
 
-class VLLMFailed(RuntimeError):
+class VLLMFailed(ChildFailed):
     pass
 
 
@@ -32,15 +31,8 @@ def generate_vllm(base_model: str, adapter_dir: str | None, ids: list[list[int]]
     with tempfile.TemporaryDirectory(prefix="llamaduo-vllm-") as tmp:
         request = {"model": merged_model_dir(base_model, adapter_dir, Path(tmp) / "merged"), "prompt_token_ids": ids,
                    "max_new_tokens": max_new_tokens, "samples": samples, "temperature": temperature}
-        atomic_write_json(Path(tmp) / "request.json", request)
-        proc = subprocess.run([sys.executable, "-m", "llamaduo.vllm_backend", str(Path(tmp) / "request.json"),
-                               str(Path(tmp) / "result.json")], stderr=subprocess.PIPE, text=True)
-        if proc.returncode != 0 or not (Path(tmp) / "result.json").is_file():
-            from .redact import redact
-
-            raise VLLMFailed(redact(f"vLLM generation exited with {proc.returncode}:\n"
-                                    + "\n".join(proc.stderr.splitlines()[-15:])))
-        result = read_json(Path(tmp) / "result.json")
+        result = run_json_child("llamaduo.vllm_backend", request, Path(tmp) / "request.json",
+                                Path(tmp) / "result.json", what="vLLM generation", error=VLLMFailed)
     return result["answers"], result["new_tokens"]
 
 
@@ -58,9 +50,7 @@ def run_request(request: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = argv if argv is not None else sys.argv[1:]
-    atomic_write_json(argv[1], run_request(read_json(argv[0])))
-    return 0
+    return child_main(run_request, argv)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ from llamaduo.judge import evaluate_answers
 from llamaduo.pacing import pacing
 from llamaduo.records import AnswersResult, Artifact, EvalResult, ServiceStats, StudentRef
 
+from ._gpu_retry import GPU_RETRIES
 from ._store import on_store
 from ._policy import STAGE_OPTIONS, progress_reporter
 from .pacing import shared_pacer
-from .train import GPU_RETRIES
 
 
 @task(name="infer", **STAGE_OPTIONS, tags=["gpu"], **GPU_RETRIES)

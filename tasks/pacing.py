@@ -51,11 +51,10 @@ from typing import AsyncIterator, Callable
 from uuid import UUID
 
 from llamaduo.config import Endpoint, ServiceConfig, provider_of
-from llamaduo.pacing import InProcessPacer, Pacer, PacerSession
+from llamaduo.pacing import TEMPORARY_SERVER_ENV, InProcessPacer, Pacer, PacerSession
 
 log = logging.getLogger("llamaduo.pacing")
 
-TEMPORARY_SERVER_ENV = "LLAMADUO_TEMPORARY_SERVER"
 PREFIX = "llamaduo"
 WINDOW_S = 60.0  # the providers' window: requests (tokens) per minute
 MARGIN_S = 3.0  # held this much longer: from the grant to the request reaching the provider

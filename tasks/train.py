@@ -10,23 +10,13 @@ from prefect import task
 from prefect.runtime import task_run
 
 from llamaduo.config import TrainConfig
-from llamaduo.gpu import is_retryable_gpu_error, micro_batch_for_attempt
+from llamaduo.gpu import micro_batch_for_attempt
 from llamaduo.records import Artifact, FinetuneResult, StudentRef
 from llamaduo.train import finetune as finetune_student
 
+from ._gpu_retry import GPU_RETRIES
 from ._store import on_store
 from ._policy import STAGE_OPTIONS, progress_reporter
-
-
-def retry_on_gpu_error(task, task_run_obj, state) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - classify whatever the attempt raised
-        return is_retryable_gpu_error(exc)
-    return False
-
-
-GPU_RETRIES = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_gpu_error)
 
 
 @task(name="finetune", **STAGE_OPTIONS, tags=["gpu"], **GPU_RETRIES)
@@ -38,5 +28,5 @@ def finetune(root: str, train: TrainConfig, student: StudentRef, system_prompt: 
     result = finetune_student(root, train, student, system_prompt, training_set, out, init_adapter=init_adapter,
                               micro_batch=micro_batch_for_attempt(train.batch_size, attempt),
                               on_progress=(lambda step, total: report(step, max(total, 1))) if report else None)
-    result.stats["attempt"] = attempt
+    result.stats.attempt = attempt
     return result

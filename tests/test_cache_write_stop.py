@@ -8,7 +8,8 @@ def test_unsaved_paid_replies_are_charged_and_stop_the_loop(tmp_path, prefect_en
     from prefect import flow, task
 
     from flows.stages import service_stage
-    from flows.state import LoopState, StopLoop
+    from flows.state import StopLoop
+    from llamaduo.loop import LoopState
     from llamaduo.gate import STOP_CACHE_WRITE_FAILED
     from llamaduo.records import ServiceStats
     from llamaduo.service import ReplyCacheError
@@ -22,11 +23,11 @@ def test_unsaved_paid_replies_are_charged_and_stop_the_loop(tmp_path, prefect_en
 
     @flow
     def one_stage() -> dict:
-        state = LoopState()
         try:
-            service_stage(state, paid_then_unsaved, "x.jsonl", root=str(tmp_path), out="x.jsonl")
+            service_stage(LoopState(), paid_then_unsaved, "x.jsonl", root=str(tmp_path), out="x.jsonl")
         except StopLoop as stop:
-            return {"reason": stop.reason, "detail": stop.detail, "spent": state.spent.model_dump(),
+            state = stop.state
+            return {"reason": state.stop_reason, "detail": state.stop_detail, "spent": state.spent.model_dump(),
                     "calls": state.invocation.service_calls}
         return {"reason": None}
 

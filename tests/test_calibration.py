@@ -267,8 +267,8 @@ def test_estimate_counts_calibration_calls_and_a_bad_row_fails_validate(tmp_path
     without = config_from_dict({**BASE, "judge": {"repeats": 2}})
     with_cal = config_from_dict({**BASE, "judge": {"repeats": 2, "calibration_path": str(cal)}})
     a, b = run_estimate(without, rows, rows[:2], rows[:4]), run_estimate(with_cal, rows, rows[:2], rows[:4])
-    assert a["calibration_calls"] == 0 and b["calibration_calls"] == 15 * 2
-    assert b["run_calls_max"] == a["run_calls_max"] + 30 and b["run_cost_usd_max"] > a["run_cost_usd_max"]
+    assert a.calibration_calls == 0 and b.calibration_calls == 15 * 2
+    assert b.run_calls_max == a.run_calls_max + 30 and b.run_cost_usd_max > a.run_cost_usd_max
     tight = config_from_dict({**BASE, "judge": {"repeats": 2, "calibration_path": str(cal)},
                               "budget": {"max_calls": 20}})
     assert any("calibration set takes 30 calls" in w for w in warnings_for(tight))

@@ -298,13 +298,13 @@ def test_structured_output_sends_the_reply_schema_where_supported(tmp_path, monk
 
 def test_model_card_verdict_is_the_exported_rounds():
     from llamaduo.export import model_card
-    from llamaduo.records import GateDecision, RoundRecord, Summary
+    from llamaduo.records import ExportCheck, GateDecision, RoundRecord, Summary
 
     failed = RoundRecord(round=2, train_rows=10, synthetic_rows_added=5, metrics={"judge_score": 60.0},
                          gate=GateDecision(passed=False, metric="judge_score", value=60.0, threshold=70))
     summary = Summary(name="x", passed=False, stop_reason="max_rounds", final_model_dir=None, teacher="t",
                       judge="j", student="s", rounds=[failed])
-    card = model_card(summary, failed, "service LLM", {"checked": 3, "matched": 3, "reproduces": True})
+    card = model_card(summary, failed, "service LLM", ExportCheck(checked=3, matched=3, reproduces=True))
     assert "Verdict for this model: **did not pass**" in card and "3/3" in card
 
 
@@ -317,14 +317,14 @@ def test_estimate_counts_samples_repeats_validation_waves_and_baselines():
     base = {"data": {"path": "x"}, "service": {"model": "openai/gpt-4o-mini"}, "synth": {"rows_per_round": 10,
             "pairs_per_request": 5, "max_waves": 3}, "gate": {"max_rounds": 2}}
     one = run_estimate(RunConfig.model_validate(base), rows, rows[:2], rows[:4])
-    assert one["judge_calls"] == 6 and one["synth_calls"] == 2 and one["synth_calls_max"] == 6
+    assert one.judge_calls == 6 and one.synth_calls == 2 and one.synth_calls_max == 6
     paper = RunConfig.model_validate({**base, "infer": {"samples_per_prompt": 4}, "judge": {"repeats": 3,
                                       "service_baseline": True}, "gate": {"max_rounds": 2, "baseline": True}})
     est = run_estimate(paper, rows, rows[:2], rows[:4])
-    assert est["judge_calls"] == (4 + 2) * 4 * 3, "test + validation items x samples x repeats"
-    assert est["baseline_calls"] == (4 + 2) * 4 * 3 + 4 * (1 + 3)
-    assert est["run_calls_max"] == (6 + est["judge_calls"]) * 2 + est["baseline_calls"]
-    assert est["run_cost_usd_max"] > 2 * est["cost_usd"] > 0
+    assert est.judge_calls == (4 + 2) * 4 * 3, "test + validation items x samples x repeats"
+    assert est.baseline_calls == (4 + 2) * 4 * 3 + 4 * (1 + 3)
+    assert est.run_calls_max == (6 + est.judge_calls) * 2 + est.baseline_calls
+    assert est.run_cost_usd_max > 2 * est.cost_usd > 0
     assert any("temperature 0" in w for w in warnings_for(paper))
 
 

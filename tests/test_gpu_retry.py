@@ -51,8 +51,8 @@ def test_oom_on_first_attempt_retries_with_half_micro_batch(tmp_path, tiny_model
     monkeypatch.setattr(train_mod, "train_lora", flaky)
     result = _run_finetune(tmp_path, tiny_model_dir)
     stats = result.stats
-    assert seen == [4, 2] and stats["attempt"] == 2
-    assert stats["micro_batch"] == 2 and stats["grad_accum"] == 2, "effective batch 4 kept"
+    assert seen == [4, 2] and stats.attempt == 2
+    assert stats.micro_batch == 2 and stats.grad_accum == 2, "effective batch 4 kept"
 
 
 def test_config_error_is_not_retried(tmp_path, tiny_model_dir, monkeypatch, prefect_env):
@@ -71,8 +71,7 @@ def test_config_error_is_not_retried(tmp_path, tiny_model_dir, monkeypatch, pref
 def test_launch_command_uses_accelerate_only_with_several_gpus():
     from llamaduo.train import launch_command
 
-    assert launch_command(0, "s.json", "r.json")[1:] == ["-m", "llamaduo.train", "s.json", "r.json"]
-    assert launch_command(1, "s.json", "r.json")[1:3] == ["-m", "llamaduo.train"]
-    multi = launch_command(4, "s.json", "r.json")
+    assert launch_command(0)[1:] == ["-m"] and launch_command(1)[1:] == ["-m"]
+    multi = launch_command(4)
     assert multi[1:3] == ["-m", "accelerate.commands.launch"] and multi[multi.index("--num_processes") + 1] == "4"
-    assert multi[-3:] == ["llamaduo.train", "s.json", "r.json"]
+    assert multi[-1] == "--module", "the module and its SPEC RESULT follow"

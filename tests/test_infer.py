@@ -26,7 +26,7 @@ def test_sorted_batches_answer_in_the_callers_order(tiny_model_dir):
     together, stats = generate_answers(str(tiny_model_dir), None, ITEMS, batch_size=3, **kw)
     one_by_one = [generate_answers(str(tiny_model_dir), None, [it], batch_size=1, **kw)[0][0] for it in ITEMS]
     assert together == one_by_one
-    assert stats["backend"] == "hf" and stats["items"] == len(ITEMS)
+    assert stats.backend == "hf" and stats.items == len(ITEMS)
 
 
 def _student(model_dir):
@@ -128,7 +128,7 @@ def test_vllm_backend_gets_the_same_prompt_tokens_and_keeps_order(tiny_model_dir
                                       batch_size=2, samples=2, temperature=0.7, progress=False, backend="vllm")
     ids = prompt_token_ids(load_tokenizer(str(tiny_model_dir)), ITEMS, None)
     assert answers == [[f"{len(p)} tokens, sample {k}, t=0.7" for k in range(2)] for p in ids]
-    assert stats["backend"] == "vllm" and stats["new_tokens"] == len(ITEMS) * 2 * 3
+    assert stats.backend == "vllm" and stats.new_tokens == len(ITEMS) * 2 * 3
     engine_saw = json.loads((tmp_path / "vllm.log").read_text())
     assert engine_saw["config"] and engine_saw["model"] != str(tiny_model_dir), "vLLM loads the merged model"
     assert not Path(engine_saw["model"]).exists(), "the merged copy is removed afterwards"

@@ -52,9 +52,9 @@ def _items(root: Path, n: int, samples: int, answered=None):
 def test_ten_valid_judgements_of_120_are_a_judged_share_of_one_in_twelve(tmp_path, monkeypatch):
     """samples_per_prompt 4 x repeats 3 x 10 items = 120 requested; 10 valid (one per item) used to
     read as judged_share 1.0 and pass the gate."""
-    from llamaduo import judge
+    from llamaduo import judge, service_stage
 
-    monkeypatch.setattr(judge, "ServiceClient", _OneValidJudgementPerItem)
+    monkeypatch.setattr(service_stage, "ServiceClient", _OneValidJudgementPerItem)
     items, answers = _items(tmp_path, 10, samples=4)
     ev = judge.evaluate_answers(tmp_path, JudgeConfig(repeats=3, embedding_model=None),
                                 Endpoint(model="openai/fake"), ServiceConfig(model="openai/fake", max_failure_rate=1),
@@ -89,7 +89,7 @@ def test_failed_baseline_answers_are_excluded_and_counted_not_judged_as_empty(tm
         sa = service_answers(tmp_path, ep, lim, InferConfig(), BudgetConfig(max_usd=0), ServiceStats(), test, None,
                              "answers.jsonl")
         answered = read_jsonl(tmp_path / "answers.jsonl")
-        assert 0 < sa.stats["unanswered"] < 20 and len(answered) == sa.stats["answered"] == 20 - sa.stats["unanswered"]
+        assert 0 < sa.stats.unanswered < 20 and len(answered) == sa.stats.answered == 20 - sa.stats.unanswered
         assert all(a["answer"] == "blue" for a in answered), "no failed call is written as an answer"
     with FakeOpenAIServer(FakeBehaviour()) as judge_server:
         jep = Endpoint(model="openai/fake", api_base=judge_server.url, api_key_env="FAKE_KEY", field="judge")
@@ -98,7 +98,7 @@ def test_failed_baseline_answers_are_excluded_and_counted_not_judged_as_empty(tm
                               ServiceStats(), test, sa.answers, "service baseline", "judged.jsonl")
         assert judge_server.kinds["judge"] == len(answered), "only the answers it gave are judged"
     assert ev.metrics["judge_score"] == 100 and ev.metrics["rougeL"] == 1.0, "not lowered by unanswered items"
-    assert ev.unanswered_items == sa.stats["unanswered"] and ev.items == 20
+    assert ev.unanswered_items == sa.stats.unanswered and ev.items == 20
     assert ev.judged_share == pytest.approx(len(answered) / 20)
 
 
@@ -115,7 +115,7 @@ def test_parity_is_not_decided_on_a_thinly_judged_service_baseline():
 def test_round_record_refuses_parity_on_a_baseline_with_few_valid_judgements():
     """The flow's wiring: the baseline's own judged share reaches the parity criterion."""
     from flows.stages import round_record
-    from flows.state import LoopState
+    from llamaduo.loop import LoopState
     from llamaduo.metrics import BASELINE_SERVICE
     from llamaduo.records import AnswersResult, EvalResult
 

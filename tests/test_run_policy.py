@@ -7,13 +7,16 @@ import pickle
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llamaduo.config import DEFAULT_RUN_OVERRIDES, check_run_overrides
+from llamaduo.config import check_run_overrides
 from llamaduo.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
+# the operator's allow-list as shipped (the one copy)
+SHIPPED_OVERRIDES = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["llamaduo_run_overrides"]
 
 
 @pytest.mark.parametrize("override,field", [
@@ -31,12 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ])
 def test_refused_overrides_name_the_key(override, field):
     with pytest.raises(InputError, match=field.replace(".", r"\.")):
-        check_run_overrides([override], DEFAULT_RUN_OVERRIDES, ROOT)
+        check_run_overrides([override], SHIPPED_OVERRIDES, ROOT)
 
 
 def test_allowed_overrides_pass():
     check_run_overrides(["gate.threshold=80", "budget.max_usd=2", "train.lora_r=8", "synth.rows_per_round=10"],
-                        DEFAULT_RUN_OVERRIDES, ROOT)
+                        SHIPPED_OVERRIDES, ROOT)
     # an operator may allow a path, but only inside the project
     check_run_overrides(["data.path=examples/demo/coverage.jsonl"], ["data.path"], ROOT)
     with pytest.raises(InputError, match="inside the project"):

@@ -67,7 +67,7 @@ def run_dir(tiny_model_dir, tmp_path_factory) -> dict:
     result = export_model(root, StudentRef(id="tiny", path=str(tiny_model_dir)), best,
                           lambda check: model_card(summary, best, "stand-in", check), infer, SYSTEM,
                           Artifact.of(root, "data/test.jsonl"), best.answers, "final_model", name=NAME)
-    assert result.check["reproduces"] is True, result.check  # the export check itself
+    assert result.check.reproduces is True, result.check  # the export check itself
     return {"root": root, "evaluated": evaluated, "check": result.check}
 
 
@@ -134,7 +134,7 @@ def test_greedy_answers_equal_the_evaluated_ones(client, run_dir):
         assert reply.choices[0].message.content == run_dir["evaluated"][it["id"]], it["id"]
         assert reply.model == MODEL_ID and reply.choices[0].finish_reason in ("stop", "length")
         assert 0 < reply.usage.completion_tokens <= MAX_NEW
-    assert run_dir["check"]["matched"] == run_dir["check"]["checked"] == 3
+    assert run_dir["check"].matched == run_dir["check"].checked == 3
 
 
 def test_concurrent_requests_are_batched_and_answer_the_same(client, server, run_dir):

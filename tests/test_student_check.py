@@ -16,7 +16,7 @@ import yaml
 
 from flows.cli import main
 from llamaduo.errors import InputError
-from llamaduo.models import SMOLLM2, check_student
+from llamaduo.models import SMOLLM2, resolve_student
 from tests.test_bad_inputs import _base, _check, _listing, _student, write
 
 EXISTING, GATED = "acme/tiny-student", "acme/gated-student"
@@ -107,10 +107,10 @@ def test_hub_id_that_exists_passes_validate(hub, tmp_path, capsys):
 
 def test_gated_hub_model_needs_a_token_with_access(hub, monkeypatch):
     with pytest.raises(InputError, match="gated.*HF_TOKEN") as e:
-        check_student(GATED)
+        resolve_student(GATED, check=True)
     assert e.value.field == "student.model"
     monkeypatch.setenv("HF_TOKEN", "hf_granted")
-    check_student(GATED)
+    resolve_student(GATED, check=True)
 
 
 def test_unreachable_hub_is_an_input_error_quickly(tmp_path, capsys, monkeypatch):
@@ -145,7 +145,7 @@ def test_offline_hub_id_must_be_in_the_local_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # never asked
     with pytest.raises(InputError, match="not in the local Hugging Face cache") as e:
-        check_student(EXISTING)
+        resolve_student(EXISTING, check=True)
     assert e.value.field == "student.model"
     # the cache layout huggingface_hub writes: refs/main -> snapshots/<commit>/config.json
     repo = cache / ("models--" + EXISTING.replace("/", "--"))
@@ -153,19 +153,17 @@ def test_offline_hub_id_must_be_in_the_local_cache(tmp_path, monkeypatch):
     (repo / "refs" / "main").write_text("a" * 40)
     (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
     (repo / "snapshots" / ("a" * 40) / "config.json").write_text("{}")
-    check_student(EXISTING)
+    resolve_student(EXISTING, check=True)
 
 
 def test_local_student_and_smollm2_need_no_network(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any Hub call would fail
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    check_student(SMOLLM2)
-    check_student(str(tiny_model_dir))
+    resolve_student(SMOLLM2, check=True)
+    resolve_student(str(tiny_model_dir), check=True)
 
 
 def test_resolving_a_checked_hub_id_mid_run_asks_the_hub_nothing(monkeypatch):
     # The preflight looked it up; a Hub outage during the run must not become an input error.
-    from llamaduo.models import resolve_student
-
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     assert resolve_student("nobody-xyz/no-such-model") == "nobody-xyz/no-such-model"

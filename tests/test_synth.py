@@ -35,13 +35,13 @@ def test_requests_use_topic_per_category_and_distinct_variants():
     assert reqs[0].variant == {"round": 2, "wave": 1, "slot": 0}
 
 
-def test_candidate_rows_carry_lineage_and_failures():
+def test_candidate_rows_carry_lineage_and_skip_failed_requests():
     results = [Result(True, [{"instruction": "Q", "response": "A"}, {"invalid": "empty", "raw": {}}]),
                Result(False, error="boom", kind="call")]
-    rows, failures = candidate_rows(results, TRAIN[:2], round_no=3, generator="openai/x", template_sha="abc")
+    rows = candidate_rows(results, TRAIN[:2], round_no=3, generator="openai/x", template_sha="abc")
     assert rows[0]["origin"] == "synthetic" and rows[0]["round"] == 3 and rows[0]["seed_id"] == "s0"
     assert rows[0]["generator"] == "openai/x" and rows[0]["template_sha256"] == "abc" and "invalid" in rows[1]
-    assert failures == [{"seed_id": "s1", "kind": "call", "error": "boom"}]
+    assert len(rows) == 2, "a failed request has no rows (its reason is in the failure log)"
 
 
 def test_dataset_dir_and_data_card(tmp_path):

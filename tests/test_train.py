@@ -1,6 +1,5 @@
 """Behaviour of real TRL + PEFT training on a tiny randomly initialised model."""
 
-import json
 
 import pytest
 import torch
@@ -44,7 +43,7 @@ def test_loss_only_on_completion_tokens(spec, tmp_path):
 
 def test_subprocess_training_writes_adapter_atomically(spec, tmp_path):
     stats = run_training(spec, subprocess_mode=True)
-    assert stats["steps"] == 3 and stats["rows"] == 12
+    assert stats.steps == 3 and stats.rows == 12
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".adapter.")], "no temp dirs left behind"
 
@@ -79,19 +78,51 @@ def test_interrupted_training_resumes_from_last_checkpoint(spec, tmp_path, monke
     assert train_mod.last_checkpoint(spec).name == "checkpoint-2"
     monkeypatch.setattr(train_mod, "build_trainer", real_build)
     stats = train_mod.train_lora(spec)
-    assert stats["resumed_from"] == "checkpoint-2" and stats["steps"] == 6
+    assert stats.resumed_from == "checkpoint-2" and stats.steps == 6
     assert not train_mod.checkpoint_dir(spec).exists() and (tmp_path / "adapter" / "adapter_config.json").is_file()
 
 
-def test_training_reports_progress_while_it_runs(spec):
+def test_training_reports_progress_while_it_runs(spec, capsys, caplog):
+    import logging
+
     seen = []
-    run_training(spec, subprocess_mode=False, on_progress=lambda step, total: seen.append((step, total)))
+    with caplog.at_level(logging.INFO, logger="llamaduo.train"):
+        run_training(spec, subprocess_mode=False, on_progress=lambda step, total: seen.append((step, total)))
     assert seen and seen[-1][0] == seen[-1][1] > 0, seen
+    # the Trainer's logs: one readable line each on the logger, no raw dicts on stdout
+    assert "{'" not in capsys.readouterr().out
+    lines = [r.getMessage() for r in caplog.records if r.name == "llamaduo.train"]
+    assert any(line.startswith("training step 3/3 (epoch 1.00): ") and "train_loss" in line for line in lines), lines
+
+
+def test_a_trainer_log_as_one_line():
+    from llamaduo.train import log_line
+
+    assert log_line({"loss": 2.31456, "grad_norm": 1.2, "learning_rate": 0.0048, "epoch": 0.4, "total_flos": 9.0},
+                    5, 12) == "training step 5/12 (epoch 0.40): loss 2.315, grad_norm 1.2, learning_rate 0.0048"
+
+
+def test_train_stats_json_holds_the_keys_training_set():
+    """summary.json's `train_stats`: `{}` for a round without training, null where training said null."""
+    from llamaduo.records import AnswersResult, InferStats, RoundRecord, ServiceAnswerStats, TrainStats
+
+    assert TrainStats().model_dump(mode="json") == {}
+    stats = TrainStats(steps=3, resumed_from=None)
+    stats.attempt = 2  # the task adds its attempt
+    assert stats.model_dump(mode="json") == {"steps": 3, "resumed_from": None, "attempt": 2}
+    record = RoundRecord.model_validate({"round": 0, "train_rows": 0, "synthetic_rows_added": 0,
+                                         "gate": {"passed": False, "metric": "m", "value": None, "threshold": 1},
+                                         "infer_stats": {"items": 2, "backend": "hf", "tokens_per_s": None}})
+    dumped = record.model_dump(mode="json")
+    assert dumped["train_stats"] == {} and dumped["infer_stats"] == {"items": 2, "backend": "hf", "tokens_per_s": None}
+    assert RoundRecord.model_validate(dumped).model_dump(mode="json") == dumped
+    service = AnswersResult.model_validate({"stats": {"items": 3, "answered": 2, "unanswered": 1}})
+    assert isinstance(service.stats, ServiceAnswerStats) and isinstance(AnswersResult().stats, InferStats)
 
 
 def test_warm_start_continues_the_previous_adapter(spec, tmp_path):
     first = run_training(spec, subprocess_mode=False)
-    assert first["warm_start"] is False
+    assert first.warm_start is False
     from safetensors.torch import load_file
 
     before = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
@@ -141,11 +172,11 @@ def test_a_checkpoint_resumes_only_the_configuration_that_wrote_it(spec, tmp_pat
     assert train_mod.last_checkpoint(a).name == "checkpoint-2" and train_mod.last_checkpoint(b) is None
 
     stats_b = train_mod.train_lora(b)
-    assert stats_b["resumed_from"] is None and stats_b["steps"] == 6, "B trains from step 0"
+    assert stats_b.resumed_from is None and stats_b.steps == 6, "B trains from step 0"
     assert train_mod.last_checkpoint(a).name == "checkpoint-2", "B's finish leaves A's checkpoint for A's re-run"
 
     stats_a = train_mod.train_lora(a)
-    assert stats_a["resumed_from"] == "checkpoint-2" and stats_a["steps"] == 6
+    assert stats_a.resumed_from == "checkpoint-2" and stats_a.steps == 6
     assert not train_mod.checkpoints_root(a).exists(), "nothing left to resume"
 
 
