@@ -29,6 +29,19 @@ def plain_lm_head(config) -> bool:
     return not any(getattr(text, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS)
 
 
+# Tokens one CPU forward pass should hold: fewer rows of a batch per pass when rows are long, so
+# long rows run alone and unpadded, short ones still together (benchmarks/train_speed.py).
+CPU_TOKENS_PER_PASS = 512
+
+
+def cpu_micro_batch(mean_tokens: float, batch_size: int, tokens_per_pass: int = CPU_TOKENS_PER_PASS) -> int:
+    """Rows per forward pass on a CPU. A batch is split into passes whose gradients add up (the loss
+    is normalised by the whole batch's label tokens, so the update is the batch's, only its padding
+    is gone); a divisor of `batch_size`, so the effective batch stays exact."""
+    want = max(1, min(batch_size, int(tokens_per_pass // max(mean_tokens, 1.0))))
+    return max(d for d in range(1, want + 1) if batch_size % d == 0)
+
+
 def length_grouped_order(lengths: list[int], batch_size: int, seed: int, group: int = 16) -> list[int]:
     """Sample order in which each run of `batch_size` holds rows of similar length: shuffle, sort
     within groups of `group` batches, then shuffle the batches (a partial last batch stays last,

@@ -78,6 +78,15 @@ def _checkpointing_kwarg(config_cls, enabled: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": enabled}
 
 
+def _mean_tokens(tok, rows: list[dict], max_length: int) -> float:
+    """Mean tokens of a training row as TRL will see it (chat template, truncated at max_length)."""
+    lengths = []
+    for row in rows:
+        ids = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+        lengths.append(min(len(ids["input_ids"] if hasattr(ids, "keys") else ids), max_length))
+    return sum(lengths) / max(len(lengths), 1)
+
+
 def build_trainer(spec: TrainSpec):
     """An SFTTrainer with a LoRA adapter on the student; loss on the completion (assistant) only."""
     import torch
@@ -91,9 +100,13 @@ def build_trainer(spec: TrainSpec):
     rows = [to_chat(Example.from_dict(r), spec.system_prompt) for r in read_jsonl(spec.data_path)]
     tok = load_tokenizer(spec.base_model)
     model = load_trainable_model(spec.base_model, cfg)
-    micro = spec.micro_batch or cfg.batch_size
-    accum = cfg.grad_accum * max(1, cfg.batch_size // micro)
     cuda = torch.cuda.is_available()
+    micro = spec.micro_batch or cfg.batch_size
+    if not (cuda or spec.micro_batch or cfg.group_by_length):
+        from .lean_sft import cpu_micro_batch
+
+        micro = cpu_micro_batch(_mean_tokens(tok, rows, cfg.max_length), cfg.batch_size)
+    accum = cfg.grad_accum * max(1, cfg.batch_size // micro)
     args = SFTConfig(
         output_dir=str(checkpoint_dir(spec)), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=micro, gradient_accumulation_steps=accum, learning_rate=cfg.learning_rate,
