@@ -177,24 +177,17 @@ def _supervise(cfg, store, probe, run_lock) -> int:
     SIGKILL here cannot be passed on: the child ends its own process tree when this process dies
     (a parent-death signal, and EOF on a pipe only this process writes to). It inherits the run
     directory's lock, so a flow still ending keeps a re-run out."""
-    import subprocess
-
+    from llamaduo.childproc import Child
     from llamaduo.store import RUN_LOCK_FD_ENV, atomic_write_json
 
     spec = store.local / ".llamaduo" / "invocation.json"
     atomic_write_json(spec, {"config": cfg.model_dump(mode="json"), "workdir": store.location,
                              "probe": probe.model_dump(mode="json")})
-    lifeline_read, lifeline_write = os.pipe()
-    try:
-        child = subprocess.Popen([sys.executable, "-m", "flows.cli", "_flow", str(spec), str(os.getpid()),
-                                  str(lifeline_read)], start_new_session=True, pass_fds=(run_lock.fd, lifeline_read),
-                                 env={**os.environ, RUN_LOCK_FD_ENV: str(run_lock.fd)})
-    finally:
-        os.close(lifeline_read)
-    try:
-        return _wait_for_child(child)
-    finally:
-        os.close(lifeline_write)
+    with Child([sys.executable, "-m", "flows.cli", "_flow", str(spec)], new_session=True, pass_fds=(run_lock.fd,),
+               env={**os.environ, RUN_LOCK_FD_ENV: str(run_lock.fd)}) as child:
+        # Leaving the block kills the child's session: a training process or temporary server it left
+        # behind (it died by a signal).
+        return _wait_for_child(child.proc)
 
 
 def _wait_for_child(child) -> int:
@@ -225,10 +218,6 @@ def _wait_for_child(child) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    try:  # the child's session: a training process or temporary server it left behind (it died by a signal)
-        os.killpg(child.pid, signal.SIGKILL)
-    except OSError:
-        pass
     if received:
         print(f"stopped by {signal.Signals(received[0]).name}: finished stages are saved; re-run the same command "
               "to resume", file=sys.stderr)
@@ -236,19 +225,19 @@ def _wait_for_child(child) -> int:
     return code
 
 
-def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int | None = None) -> int:
+def _flow_main(spec_path: str) -> int:
     """The child process of `llamaduo run`: the Prefect flow itself. It ends, with its training
-    process and temporary server, when the supervising CLI process dies."""
+    process, when the supervising CLI process dies."""
     import json
 
-    from llamaduo.lifeline import ParentLifeline, end_process_tree
+    from llamaduo.childproc import hold_lifeline
+    from llamaduo.lifeline import end_process_tree
 
-    if parent_pid is not None:
-        def parent_gone() -> None:
-            print("\nthe supervising `llamaduo run` process is gone: ending this run", file=sys.stderr, flush=True)
-            end_process_tree()
+    def parent_gone() -> None:
+        print("\nthe supervising `llamaduo run` process is gone: ending this run", file=sys.stderr, flush=True)
+        end_process_tree()
 
-        ParentLifeline(parent_pid, lifeline_fd, parent_gone).start()
+    hold_lifeline(parent_gone)
 
     from llamaduo.config import RunConfig
     from llamaduo.errors import InputError
@@ -294,6 +283,8 @@ def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int |
     if result.stop_detail:
         print(f"why: {result.stop_detail}")
     print(f"this invocation: {inv.service_calls} service calls, {inv.training_steps} training steps")
+    for line in _round_lines(store.local / "summary.json"):
+        print(line)
     print(f"summary: {result.summary_path}")
     reports = store.glob("rounds/round_*/report.md")
     if reports:
@@ -314,7 +305,19 @@ def _flow_main(spec_path: str, parent_pid: int | None = None, lifeline_fd: int |
         else EXIT_NOT_PASSED
 
 
+def _round_lines(summary_path: Path) -> list[str]:
+    """One line per fine-tuning round: the gate's verdict (each round is a subflow run `round-N`)."""
+    import json
+
+    try:
+        rounds = json.loads(summary_path.read_text(encoding="utf-8"))["rounds"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [f"round {r['round']}: {r['gate']['reason']} -> {'PASS' if r['gate']['passed'] else 'fail'}"
+            for r in rounds if r.get("round", 0) >= 1 and r.get("gate")]
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_flow"]:
-        raise SystemExit(_flow_main(sys.argv[2], *(int(a) for a in sys.argv[3:5])))
+        raise SystemExit(_flow_main(sys.argv[2]))
     raise SystemExit(main())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -57,15 +56,16 @@ class TemporaryServer:
     def __init__(self, db: Path, *, from_template: bool = True):
         self.db, self.from_template = Path(db), from_template
         self.port: int | None = None
-        self.process: subprocess.Popen | None = None
+        self.child = None
         self.copied = False
-        self._lifeline_write: int | None = None
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
     def start(self) -> "TemporaryServer":
+        from llamaduo.childproc import Child
+
         self.db.parent.mkdir(parents=True, exist_ok=True)
         template = template_path()
         if self.from_template and not self.db.exists() and template.exists():
@@ -73,10 +73,6 @@ class TemporaryServer:
             shutil.copyfile(template, tmp)
             os.replace(tmp, self.db)  # a crash mid-copy never leaves a half database under the real name
             self.copied = True
-        self._spawn()
-        return self
-
-    def _spawn(self) -> None:
         self.port = _free_port()
         env = {**os.environ, **SERVER_ENV, "PREFECT_API_DATABASE_CONNECTION_URL": _database_url(self.db),
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -84,19 +80,15 @@ class TemporaryServer:
             env.update(PREFECT_API_BLOCKS_REGISTER_ON_START="false", PREFECT_API_DATABASE_MIGRATE_ON_START="false")
         for key in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"):
             env.pop(key, None)
-        lifeline_read, self._lifeline_write = os.pipe()
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "flows.tempserver", "serve", str(self.port), str(os.getpid()),
-                 str(lifeline_read)], pass_fds=(lifeline_read,), env=env, start_new_session=True,
-                stdout=subprocess.DEVNULL)
-        finally:
-            os.close(lifeline_read)
+        # Its own session: a terminal's Ctrl-C reaches the CLI, which stops the flow first, then this.
+        self.child = Child([sys.executable, "-m", "flows.tempserver", "serve", str(self.port)], env=env,
+                           new_session=True, stdout=subprocess.DEVNULL)
+        return self
 
     def wait_healthy(self, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            code = self.process.poll()
+            code = self.child.proc.poll()
             if code is not None:
                 raise RuntimeError(f"the temporary Prefect server exited with status {code} before answering")
             if healthy(self.api_url):
@@ -106,22 +98,9 @@ class TemporaryServer:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM (uvicorn stops its services and closes the database), SIGKILL after `grace_s`."""
-        if self.process is None:
-            return
-        try:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        finally:
-            self.process = None
-            self._close_lifeline()
-
-    def _close_lifeline(self) -> None:
-        if self._lifeline_write is not None:
-            os.close(self._lifeline_write)
-            self._lifeline_write = None
+        if self.child is not None:
+            self.child.stop(grace_s)
+            self.child = None
 
 
 def healthy(api_url: str) -> bool:
@@ -166,10 +145,10 @@ def make_template(dest: Path | None = None) -> Path:
     return dest
 
 
-def _serve(port: int, parent_pid: int, lifeline_fd: int) -> None:
-    from llamaduo.lifeline import ParentLifeline
+def _serve(port: int) -> None:
+    from llamaduo.childproc import hold_lifeline
 
-    ParentLifeline(parent_pid, lifeline_fd).start()  # ends with the CLI process, even a SIGKILLed one
+    hold_lifeline()  # ends with the CLI process, even a SIGKILLed one
     import uvicorn
 
     uvicorn.run("prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port,
@@ -178,8 +157,8 @@ def _serve(port: int, parent_pid: int, lifeline_fd: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        _serve(*(int(a) for a in sys.argv[2:5]))
+        _serve(int(sys.argv[2]))
     elif sys.argv[1:2] == ["template"]:
         print(make_template())
     else:
-        raise SystemExit("usage: python -m flows.tempserver template | serve PORT PARENT_PID LIFELINE_FD")
+        raise SystemExit("usage: python -m flows.tempserver template | serve PORT")
