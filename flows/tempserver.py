@@ -86,15 +86,7 @@ class TemporaryServer:
         return self
 
     def wait_healthy(self, timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            code = self.child.proc.poll()
-            if code is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with status {code} before answering")
-            if healthy(self.api_url):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout_s:.0f} s")
+        wait_for_api(self.api_url, timeout_s, exited=self.child.proc.poll)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM (uvicorn stops its services and closes the database), SIGKILL after `grace_s`."""
@@ -111,11 +103,13 @@ def healthy(api_url: str) -> bool:
         return False
 
 
-def wait_for_api(api_url: str, timeout_s: float = 90.0) -> None:
-    """In the flow process: block until the server the CLI started answers (it boots while this
-    process imports)."""
+def wait_for_api(api_url: str, timeout_s: float = 90.0, exited=lambda: None) -> None:
+    """Block until the server at `api_url` answers: in the flow process, the one the CLI started
+    (it boots while this process imports). `exited`: the server process's exit status, if known."""
     deadline = time.monotonic() + timeout_s
     while not healthy(api_url):
+        if (code := exited()) is not None:
+            raise RuntimeError(f"the temporary Prefect server exited with status {code} before answering")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the temporary Prefect server at {api_url} did not answer within {timeout_s:.0f} s")
         time.sleep(0.1)
