@@ -235,18 +235,39 @@ def _count(size: float, n: int) -> int:
     return int(size) if size >= 1 else round(n * size)
 
 
-def split_examples(examples: list[Example], test_size: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Deterministic split: same rows + size + seed give the same split on any machine."""
+def split_examples(examples: list[Example], test_size: float, seed: int, *, stratify: bool = False
+                   ) -> tuple[list[Example], list[Example]]:
+    """Deterministic split: same rows + size + seed give the same split on any machine. With
+    `stratify` and a category on every row, each category gets its share of the split (largest
+    remainder), so a small split cannot miss a category by chance."""
     n_test = max(1, _count(test_size, len(examples)))
     if n_test >= len(examples):
         raise InputError(f"test_size {test_size} leaves no training rows ({len(examples)} rows)",
                          field="data.test_size")
     order = sorted(range(len(examples)), key=lambda i: examples[i].id)  # independent of file order
     random.Random(seed).shuffle(order)
-    test_idx = set(order[:n_test])
+    if stratify and all(e.category for e in examples):
+        groups: dict[str, list[int]] = {}
+        for i in order:
+            groups.setdefault(examples[i].category, []).append(i)
+        quotas = stratified_quotas({c: len(g) for c, g in groups.items()}, n_test)
+        test_idx = {i for c, g in groups.items() for i in g[:quotas[c]]}
+    else:
+        test_idx = set(order[:n_test])
     train = [e for i, e in enumerate(examples) if i not in test_idx]
     test = [e for i, e in enumerate(examples) if i in test_idx]
     return train, test
+
+
+def stratified_quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
+    """`n` rows shared out over groups in proportion to their sizes: floors, then one more each to
+    the largest remainders (ties: the larger group, then the name)."""
+    total = sum(sizes.values())
+    quotas = {c: n * k // total for c, k in sizes.items()}
+    by_remainder = sorted(sizes, key=lambda c: (-(n * sizes[c] % total), -sizes[c], c))
+    for c in by_remainder[:n - sum(quotas.values())]:
+        quotas[c] += 1
+    return quotas
 
 
 @dataclass
@@ -278,7 +299,7 @@ def load_coverage(data: "DataConfig", curate: "CurateConfig | None" = None) -> S
         removed.update({f"test_{k}": v for k, v in test_dups.items() if v})
         train = examples
     else:
-        train, test = split_examples(examples, data.test_size, data.split_seed)
+        train, test = split_examples(examples, data.test_size, data.split_seed, stratify=data.stratify)
     train, overlap = overlapping_test(train, test, curate)
     if overlap:
         removed["test_overlap"] = overlap
@@ -290,7 +311,7 @@ def load_coverage(data: "DataConfig", curate: "CurateConfig | None" = None) -> S
         if n_val >= len(train):
             raise InputError(f"val_size {data.val_size} leaves no training rows ({len(train)} rows)",
                              field="data.val_size")
-        train, val = split_examples(train, n_val, data.split_seed + 1)
+        train, val = split_examples(train, n_val, data.split_seed + 1, stratify=data.stratify)
     return Splits(train, val, test, removed)
 
 

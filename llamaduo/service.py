@@ -437,7 +437,7 @@ class ServiceClient:
         from .standin import reply
 
         prompt = "\n".join(m.get("content") or "" for m in request.messages if m.get("role") == "user")
-        text = reply(prompt, self.endpoint.standin_pool)
+        text = reply(prompt, self.endpoint.standin_pool, request.variant)
         return {"content": text, "model": self.endpoint.model, "finish_reason": "stop",
                 "prompt_tokens": approx_tokens(prompt), "completion_tokens": approx_tokens(text), "cost_usd": 0.0,
                 "created": time.time()}

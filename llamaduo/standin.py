@@ -6,7 +6,9 @@ with the pool of the endpoint that asked: nothing is registered process-wide). I
 two request kinds of the default prompts in the paper's output formats:
 
 * synthesis: `{"contents": [...]}` with pairs drawn from a pool dataset (the config's
-  `service.standin_pool`, disjoint from the test split), chosen by a hash of the prompt;
+  `service.standin_pool`, disjoint from the test split), chosen by a hash of the prompt and the
+  request's variant (round, wave, slot): a real LLM sampling at a temperature answers a repeated
+  seed with new pairs, so a seed asked again in a later round draws again here too;
 * judging: similarity = ROUGE-L F1 × 100 and precision = ROUGE-L recall × 100 of the
   candidate against the reference;
 * any other prompt (the service baseline's test prompts): the response of the most similar
@@ -20,6 +22,8 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
+from fractions import Fraction
 from functools import lru_cache
 
 from .similarity import rouge_l
@@ -59,7 +63,7 @@ def judge_reply(prompt: str) -> str | None:
     })
 
 
-def synth_reply(prompt: str, pool_path: str) -> str | None:
+def synth_reply(prompt: str, pool_path: str, variant: dict | None = None) -> str | None:
     if '"contents"' not in prompt:
         return None
     pool = _pool(pool_path)
@@ -69,23 +73,61 @@ def synth_reply(prompt: str, pool_path: str) -> str | None:
     topic = topic_match.group(1).strip().casefold() if topic_match else ""
     same_topic = [p for p in pool if p[2] and p[2].casefold() == topic]
     candidates = same_topic if len(same_topic) >= n else list(pool)
-    rng = random.Random(sha256_text(prompt))
+    rng = random.Random(sha256_text(prompt + json.dumps(variant or {}, sort_keys=True)))
     picks = rng.sample(candidates, min(n, len(candidates)))
     return json.dumps({"contents": [{"instruction": i, "response": r} for i, r, _ in picks]})
 
 
+@lru_cache(maxsize=1)
+def _stemming_tokenizer():
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    return DefaultTokenizer(use_stemmer=True)  # rouge_l's own tokens (lower-cased, stemmed)
+
+
+@lru_cache(maxsize=4)
+def _pool_tokens(path: str) -> tuple[tuple[str, ...], ...]:
+    tok = _stemming_tokenizer()
+    return tuple(tuple(tok.tokenize(p[0])) for p in _pool(path))
+
+
+def _lcs_length(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    row = [0] * (len(b) + 1)
+    for x in a:
+        diag = 0
+        for j, y in enumerate(b, 1):
+            diag, row[j] = row[j], diag + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
+
+
 def answer_reply(prompt: str, pool_path: str) -> str:
     """A plain request (the service baseline's test prompts): the response of the pool row whose
-    instruction is most like the prompt, as a service that knows the task would answer."""
-    pool = _pool(pool_path)
-    best = max(pool, key=lambda p: (rouge_l(prompt, p[0])["f"], p[0]))
-    return best[1]
+    instruction is most like the prompt (ROUGE-L F1; a tie goes to the instruction sorting last), as a service
+    that knows the task would answer. Exact, without scoring every row: a row's shared-token count
+    bounds its LCS, so rows are scored best bound first until no bound can win."""
+    pool, pool_tokens = _pool(pool_path), _pool_tokens(pool_path)
+    query = tuple(_stemming_tokenizer().tokenize(prompt))
+    counts = Counter(query)
+
+    def f1(lcs: int, i: int) -> Fraction:  # ROUGE-L F1 = 2·LCS / (|a| + |b|), exactly
+        return Fraction(2 * lcs, len(query) + len(pool_tokens[i])) if lcs else Fraction(0)
+
+    bounds = sorted(((f1(sum((counts & Counter(t)).values()), i), i) for i, t in enumerate(pool_tokens)),
+                    key=lambda b: -b[0])
+    best: tuple[Fraction, str] | None = None
+    for bound, i in bounds:
+        if best is not None and bound < best[0]:
+            break
+        key = (f1(_lcs_length(query, pool_tokens[i]), i), pool[i][0])
+        if best is None or key > best[:2]:
+            best = (*key, pool[i][1])
+    return best[2] if best else ""
 
 
-def reply(prompt: str, pool_path: str | None) -> str:
+def reply(prompt: str, pool_path: str | None, variant: dict | None = None) -> str:
     text = judge_reply(prompt)
     if text is None and pool_path:
-        text = synth_reply(prompt, pool_path)
+        text = synth_reply(prompt, pool_path, variant)
         if text is None:
             text = answer_reply(prompt, pool_path)
     if text is None:

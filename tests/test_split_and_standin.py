@@ -1,0 +1,87 @@
+"""The stratified split (each category keeps its share of a small test or validation split) and the
+offline stand-in teacher's two shortcuts: repeated seeds draw new pairs per request variant, and the
+service-baseline answer is the exact ROUGE-L argmax without scoring every pool row."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llamaduo.data import Example, split_examples, stratified_quotas
+from llamaduo.similarity import rouge_l
+from llamaduo.standin import _pool, answer_reply, synth_reply
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = str(ROOT / "examples/demo/pool.jsonl")
+
+
+def rows(categories: list[str]) -> list[Example]:
+    return [Example(id=f"{i:04d}", instruction=f"ticket {i}", response=c, category=c) for i, c in enumerate(categories)]
+
+
+@given(sizes=st.dictionaries(st.sampled_from("abcdefg"), st.integers(1, 40), min_size=1), data=st.data())
+def test_quotas_add_up_and_stay_within_one_of_the_exact_share(sizes, data):
+    n = data.draw(st.integers(0, sum(sizes.values())))
+    quotas = stratified_quotas(sizes, n)
+    total = sum(sizes.values())
+    assert sum(quotas.values()) == n
+    for c, k in sizes.items():
+        assert 0 <= quotas[c] <= k and abs(quotas[c] - n * k / total) < 1
+
+
+@settings(max_examples=60)
+@given(cats=st.lists(st.sampled_from(["billing", "shipping", "returns", "account"]), min_size=3, max_size=80),
+       seed=st.integers(0, 10_000), data=st.data())
+def test_stratified_split_gives_each_category_its_share(cats, seed, data):
+    examples = rows(cats)
+    n_test = data.draw(st.integers(1, len(examples) - 1))
+    train, test = split_examples(examples, n_test, seed, stratify=True)
+    assert len(test) == n_test and {e.id for e in train} | {e.id for e in test} == {e.id for e in examples}
+    assert not {e.id for e in train} & {e.id for e in test}
+    counts, got = Counter(cats), Counter(e.category for e in test)
+    for c, k in counts.items():
+        assert abs(got[c] - n_test * k / len(cats)) < 1, (c, got, counts)
+    again = split_examples(list(reversed(examples)), n_test, seed, stratify=True)[1]
+    assert {e.id for e in again} == {e.id for e in test}, "independent of file order"
+
+
+def test_a_small_test_split_of_a_balanced_set_misses_no_category():
+    examples = rows(["billing", "shipping", "technical", "account", "returns"] * 8)
+    misses = sum(len({e.category for e in split_examples(examples, 5, seed, stratify=True)[1]}) < 5
+                 for seed in range(50))
+    plain = sum(len({e.category for e in split_examples(examples, 5, seed)[1]}) < 5 for seed in range(50))
+    assert misses == 0 and plain > 20  # one shuffle of all rows misses a category most of the time
+
+
+def test_rows_without_a_category_are_split_as_one_group():
+    examples = rows(["a", "b"] * 10)
+    examples[3] = Example(id="x", instruction="no category", response="?")
+    assert split_examples(examples, 4, 1, stratify=True) == split_examples(examples, 4, 1)
+
+
+def _synth_prompt(topic: str) -> str:
+    return (f'Generate 5 more pairs like this one. The topic is: {topic}. Reply as JSON: {{"contents": [...]}}\n'
+            "Route this ticket: my parcel is late")
+
+
+def test_the_stand_in_draws_new_pairs_when_a_seed_is_asked_again():
+    prompt = _synth_prompt("shipping")
+    first = json.loads(synth_reply(prompt, POOL, {"round": 1, "wave": 0, "slot": 0}))["contents"]
+    again = json.loads(synth_reply(prompt, POOL, {"round": 1, "wave": 0, "slot": 0}))["contents"]
+    later = json.loads(synth_reply(prompt, POOL, {"round": 2, "wave": 0, "slot": 0}))["contents"]
+    assert first == again, "the same request gets the same reply (deterministic)"
+    assert first != later, "a later round's request for the same seed draws other pairs"
+    shipping = {i for i, r, c in _pool(POOL) if c == "shipping"}
+    assert all(p["instruction"] in shipping for p in first + later)
+
+
+@settings(max_examples=25, deadline=None)
+@given(words=st.lists(st.sampled_from("my parcel order refund app crashes password return shoes invoice "
+                                      "charged twice delivery late account locked the a of".split()),
+                      min_size=1, max_size=14))
+def test_the_stand_in_answer_is_the_exact_rouge_l_best_pool_row(words):
+    prompt = " ".join(words)
+    best = max(_pool(POOL), key=lambda p: (rouge_l(prompt, p[0])["f"], p[0]))
+    assert answer_reply(prompt, POOL) == best[1]
