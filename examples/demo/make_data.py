@@ -52,10 +52,17 @@ CLOSERS = ["", "Thanks.", "Please help.", "Regards, Sam", "Can you fix this toda
            "This is the second time I write.", "Best, Alex"]
 
 
-def tickets(rng: random.Random):
+COVERAGE_ROWS = 56  # test 24, validation 16, train 16 (configs/demo.yaml)
+POOL_ROWS = 400
+
+
+def tickets(rng: random.Random, balanced: bool = False):
+    """Distinct tickets; `balanced` cycles through the queues (the coverage set: every queue is
+    in train, validation and test), otherwise each ticket's queue is drawn at random."""
     seen = set()
+    queues = sorted(ISSUES)
     while True:
-        cat = rng.choice(sorted(ISSUES))
+        cat = queues[len(seen) % len(queues)] if balanced else rng.choice(queues)
         issue = rng.choice(ISSUES[cat]).format(n=rng.randint(1000, 99999))
         text = " ".join(x for x in (rng.choice(OPENERS), issue[0].upper() + issue[1:] + ".", rng.choice(CLOSERS)) if x)
         if text not in seen:
@@ -65,10 +72,18 @@ def tickets(rng: random.Random):
 
 def main() -> None:
     rng = random.Random(20261126)
-    gen = tickets(rng)
-    rows = [next(gen) for _ in range(48 + 400)]
+    coverage_gen = tickets(rng, balanced=True)
+    coverage = [next(coverage_gen) for _ in range(COVERAGE_ROWS)]
+    rng.shuffle(coverage)
+    taken = {text for _, text in coverage}
+    pool_gen = tickets(rng)
+    pool = []
+    while len(pool) < POOL_ROWS:
+        cat, text = next(pool_gen)
+        if text not in taken:
+            pool.append((cat, text))
     out = Path(__file__).parent
-    for name, part in (("coverage.jsonl", rows[:48]), ("pool.jsonl", rows[48:])):
+    for name, part in (("coverage.jsonl", coverage), ("pool.jsonl", pool)):
         with open(out / name, "w", encoding="utf-8") as fh:
             for cat, text in part:
                 fh.write(json.dumps({"messages": [{"role": "user", "content": INSTRUCTION.format(ticket=text)},
