@@ -56,18 +56,20 @@ def prefect_artifacts(env: dict) -> dict:
     """Artifact keys and flow-run names, read back through the Prefect API of the run's database."""
     code = ("import asyncio, json\n"
             "from prefect.client.orchestration import get_client\n"
+            "from prefect.client.schemas.sorting import LogSort\n"
             "async def main():\n"
             "    async with get_client() as c:\n"
             "        arts = await c.read_artifacts()\n"
             "        runs = await c.read_flow_runs()\n"
+            "        logs = await c.read_logs(sort=LogSort.TIMESTAMP_DESC, limit=50)\n"
             "        print(json.dumps({'keys': sorted({a.key for a in arts if a.key}), "
-            "'flow_runs': sorted({r.name for r in runs})}))\n"
+            "'flow_runs': sorted({r.name for r in runs}), 'logs': [l.message for l in logs]}))\n"
             "asyncio.run(main())\n")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"keys": set(data["keys"]), "flow_runs": set(data["flow_runs"])}
+    return {"keys": set(data["keys"]), "flow_runs": set(data["flow_runs"]), "logs": data["logs"]}
 
 
 def test_loop_fails_then_passes_and_rerun_is_free(e2e_setup):
@@ -120,6 +122,8 @@ def test_loop_fails_then_passes_and_rerun_is_free(e2e_setup):
         for k in range(0, len(rounds) + 1):
             assert {f"round-{k}-report", f"round-{k}-items"} <= artifacts["keys"]
         assert {"round-1", "round-2"} <= artifacts["flow_runs"]
+        # the flow process exits without interpreter teardown: its last log lines still reach the server
+        assert any(m.startswith("done: passed=True") for m in artifacts["logs"]), artifacts["logs"][:5]
         for f in workdir.rglob("*"):
             if f.is_file() and f.suffix in (".json", ".jsonl", ".md"):
                 assert "sk-e2e-secret" not in f.read_text(errors="ignore"), f
