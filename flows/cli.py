@@ -318,11 +318,14 @@ def _round_lines(summary_path: Path) -> list[str]:
 
 
 def _exit_without_teardown(code: int) -> None:
-    """End the flow process once its run is over: exit handlers run (Prefect's log and event
-    workers drain to the server), then the process exits without the interpreter's teardown of
+    """End the flow process once its run is over the way the interpreter starts to: threads'
+    exit hooks (Prefect's log and event workers drain to the server there), then atexit handlers
+    (Prefect's own temporary server stops) — and then exit without the interpreter's teardown of
     torch, transformers and Prefect, which took 5-8 s on 2 cores after every run."""
     import atexit
+    import threading
 
+    threading._shutdown()  # what Py_Finalize calls first: joins threads, runs threading._register_atexit hooks
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
