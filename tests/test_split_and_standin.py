@@ -85,3 +85,20 @@ def test_the_stand_in_answer_is_the_exact_rouge_l_best_pool_row(words):
     prompt = " ".join(words)
     best = max(_pool(POOL), key=lambda p: (rouge_l(prompt, p[0])["f"], p[0]))
     assert answer_reply(prompt, POOL) == best[1]
+
+
+def test_an_offline_run_probes_the_stand_in_without_importing_litellm(tmp_path):
+    """Importing litellm costs ~5 s on 2 cores; the stand-in teacher needs none of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from llamaduo.config import load_config\n"
+            "from llamaduo.preflight import preflight, probe_run_dir\n"
+            "cfg = load_config('configs/demo.yaml')\n"
+            f"pf = preflight(cfg, {str(tmp_path)!r}, probe=False)\n"
+            f"stats = probe_run_dir(cfg, pf.splits, {str(tmp_path)!r})\n"
+            "print(stats.calls, 'litellm' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["2", "False"], out.stdout
