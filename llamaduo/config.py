@@ -111,9 +111,10 @@ class DataConfig(_Section):
                             "count (>=1); adaptive choices (failure-driven seeds, plateau, keep-best) learn from it, "
                             "the test split only judges. 0 = none.")
     split_seed: int = Field(42, description="Seed of the deterministic train/val/test split.")
-    stratify: bool = Field(True, description="When every row has a `category`: the test and validation splits "
+    stratify: bool = Field(False, description="When every row has a `category`: the test and validation splits "
                            "take each category's share of their rows, so a small split cannot miss a category by "
-                           "chance (false: one shuffle of all rows).")
+                           "chance (false: one shuffle of all rows; off by default so existing run directories "
+                           "keep their splits).")
     max_row_chars: int = Field(100_000, gt=0, description="A row whose instruction or response is longer is an "
                                "input error (a sanity limit).")
 
