@@ -86,9 +86,10 @@ def _stemming_tokenizer():
 
 
 @lru_cache(maxsize=4)
-def _pool_tokens(path: str) -> tuple[tuple[str, ...], ...]:
+def _pool_tokens(path: str) -> tuple[tuple[tuple[str, ...], Counter], ...]:
+    """Each pool instruction's rouge_l tokens and their counts (tokenized once per pool)."""
     tok = _stemming_tokenizer()
-    return tuple(tuple(tok.tokenize(p[0])) for p in _pool(path))
+    return tuple((tokens, Counter(tokens)) for tokens in (tuple(tok.tokenize(p[0])) for p in _pool(path)))
 
 
 def _lcs_length(a: tuple[str, ...], b: tuple[str, ...]) -> int:
@@ -105,23 +106,23 @@ def answer_reply(prompt: str, pool_path: str) -> str:
     instruction is most like the prompt (ROUGE-L F1; a tie goes to the instruction sorting last), as a service
     that knows the task would answer. Exact, without scoring every row: a row's shared-token count
     bounds its LCS, so rows are scored best bound first until no bound can win."""
-    pool, pool_tokens = _pool(pool_path), _pool_tokens(pool_path)
+    pool, rows = _pool(pool_path), _pool_tokens(pool_path)
     query = tuple(_stemming_tokenizer().tokenize(prompt))
     counts = Counter(query)
 
-    def f1(lcs: int, i: int) -> Fraction:  # ROUGE-L F1 = 2·LCS / (|a| + |b|), exactly
-        return Fraction(2 * lcs, len(query) + len(pool_tokens[i])) if lcs else Fraction(0)
+    def f1(lcs: int, tokens: tuple[str, ...]) -> Fraction:  # ROUGE-L F1 = 2·LCS / (|a| + |b|), exactly
+        return Fraction(2 * lcs, len(query) + len(tokens)) if lcs else Fraction(0)
 
-    bounds = sorted(((f1(sum((counts & Counter(t)).values()), i), i) for i, t in enumerate(pool_tokens)),
+    bounds = sorted(((f1(sum((counts & bag).values()), tokens), i) for i, (tokens, bag) in enumerate(rows)),
                     key=lambda b: -b[0])
-    best: tuple[Fraction, str] | None = None
+    best_key, best = None, None
     for bound, i in bounds:
-        if best is not None and bound < best[0]:
+        if best_key is not None and bound < best_key[0]:
             break
-        key = (f1(_lcs_length(query, pool_tokens[i]), i), pool[i][0])
-        if best is None or key > best[:2]:
-            best = (*key, pool[i][1])
-    return best[2] if best else ""
+        key = (f1(_lcs_length(query, rows[i][0]), rows[i][0]), pool[i][0])
+        if best_key is None or key > best_key:
+            best_key, best = key, i
+    return pool[best][1] if best is not None else ""
 
 
 def reply(prompt: str, pool_path: str | None, variant: dict | None = None) -> str:
