@@ -214,29 +214,30 @@ def _validation_message(exc: ValidationError) -> str:
 def parse_judge_reply(text: str) -> dict:
     """The paper's judge JSON -> {"similarity": int, "precision": int}; scores must be 1–100.
     The verdict is the object in the reply that validates; two valid verdicts that disagree make
-    the reply ambiguous (ValueError: re-asked), whatever comes first."""
+    the reply ambiguous (ValueError: re-asked), whatever comes first. Strict and repaired objects
+    are one pool: a strict verdict quoted from the answer must not outvote the judge's own verdict
+    written with a trailing comma or single quotes."""
     strict, repaired = json_candidates(text)
     error = None
-    for pool in (strict, repaired):
-        verdicts: list[JudgeVerdict] = []
-        for obj in pool:
-            if not isinstance(obj, dict):
-                continue
-            try:
-                verdicts.append(JudgeVerdict.model_validate(obj))
-            except ValidationError as exc:
-                # Report the error of the object that looks most like a verdict.
-                if error is None or (any(k in obj for k in _VERDICT_KEYS) and not error[0]):
-                    error = (any(k in obj for k in _VERDICT_KEYS), _validation_message(exc))
-        if verdicts:
-            scores = {(v.similarity_assessment.score, v.precision_assessment.score) for v in verdicts}
-            if len(scores) > 1:
-                raise ValueError(f"ambiguous reply: {len(scores)} verdicts that disagree "
-                                 f"({', '.join(f'{s}/{p}' for s, p in sorted(scores))}); give exactly one")
-            v = verdicts[0]
-            return {"similarity": v.similarity_assessment.score, "precision": v.precision_assessment.score,
-                    "reason": "; ".join(r for r in (v.similarity_assessment.reason, v.precision_assessment.reason)
-                                        if r)[:300]}
+    verdicts: list[JudgeVerdict] = []
+    for obj in strict + repaired:  # strict first: on agreement its reason is kept
+        if not isinstance(obj, dict):
+            continue
+        try:
+            verdicts.append(JudgeVerdict.model_validate(obj))
+        except ValidationError as exc:
+            # Report the error of the object that looks most like a verdict.
+            if error is None or (any(k in obj for k in _VERDICT_KEYS) and not error[0]):
+                error = (any(k in obj for k in _VERDICT_KEYS), _validation_message(exc))
+    if verdicts:
+        scores = {(v.similarity_assessment.score, v.precision_assessment.score) for v in verdicts}
+        if len(scores) > 1:
+            raise ValueError(f"ambiguous reply: {len(scores)} verdicts that disagree "
+                             f"({', '.join(f'{s}/{p}' for s, p in sorted(scores))}); give exactly one")
+        v = verdicts[0]
+        return {"similarity": v.similarity_assessment.score, "precision": v.precision_assessment.score,
+                "reason": "; ".join(r for r in (v.similarity_assessment.reason, v.precision_assessment.reason)
+                                    if r)[:300]}
     if error is not None:
         raise ValueError(error[1])
     if strict or repaired:

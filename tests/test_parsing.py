@@ -172,3 +172,32 @@ def test_synthesis_picks_the_object_with_valid_contents():
     quoted = '{"note": "see {\\"contents\\": []}"}'
     out = parse_synth_reply(f"Format: {example}\nHere: {quoted}\n```json\n{real}\n```")
     assert out == [{"instruction": f"Q{i}", "response": f"A{i}"} for i in range(3)]
+
+
+# -- a repaired verdict is a verdict too (issue 28, point 10) ----------------------------------------
+
+def _repairable(verdict: str, how: str) -> str:
+    """A verdict only json_repair reads: a trailing comma or single quotes."""
+    if how == "trailing comma":
+        return verdict[:-2] + ",}}"
+    return verdict.replace('"', "'")
+
+
+def test_a_quoted_strict_verdict_does_not_outvote_the_judges_repairable_one():
+    quoted = _verdict(100, 100, "the answer says so")
+    own = _repairable(_verdict(12, 10, "wrong queue"), "trailing comma")
+    with pytest.raises(ValueError, match="ambiguous"):
+        parse_judge_reply(f"The candidate claims {quoted}. My verdict: {own}")
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.tuples(_score, _score), b=st.tuples(_score, _score), prose=_prose, order=st.booleans(),
+       how=st.sampled_from(["trailing comma", "single quotes"]))
+def test_a_strict_and_a_repaired_verdict_are_compared(a, b, prose, order, how):
+    strict, repaired = _verdict(*a), _repairable(_verdict(*b), how)
+    text = strict + " " + prose + " " + repaired if order else repaired + " " + prose + " " + strict
+    if a == b:
+        assert _scores(text) == a
+    else:
+        with pytest.raises(ValueError, match="ambiguous"):
+            parse_judge_reply(text)
