@@ -9,6 +9,8 @@ otherwise survive as a prefix that neither net recognises any more.
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import os
 import re
@@ -32,7 +34,10 @@ _SHAPES = [re.compile(p) for p in (
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]{8,}")
 _KEY_FIELD = re.compile(r"(?i)((?:api[_-]?key|x-api-key|secret|token|password)[\"']?\s*[=:]\s*[\"']?)[^\s\"',;}]{8,}")
 _API_KEY_WORDS = re.compile(r"(?i)(api[_-]?key[\"'=:\s]+)[A-Za-z0-9._\-]{8,}")  # "api key XXXX", "api_key=XXXX"
-_URL_AUTH = re.compile(r"//[^/\s:@]+:[^/\s@]+@")
+_BASIC = re.compile(r"(?i)(basic\s+)[A-Za-z0-9+/_\-]{8,}=*")  # HTTP Basic: base64 of "user:key"
+# Credentials in a URL's authority: scheme://user:password@host, scheme://:password@host.
+_URL_AUTH = re.compile(r"//[^/\s:@]*:[^/\s@]+@")
+MIN_ENCODED_LEN = 8  # a base64 form shorter than this would mask ordinary words
 
 # Variables litellm (and boto3, huggingface_hub, Prefect) read on their own: their values can be
 # sent without our config naming them. The suffix rule below catches the rest.
@@ -49,9 +54,31 @@ MIN_DISCOVERED_LEN = 8  # shorter values of name-matched variables ("1", "true")
 
 
 def _variants(value: str) -> set[str]:
-    """The forms a value takes in error text: as is, stripped, JSON-escaped, URL-quoted."""
+    """The forms a value takes in error text: as is, stripped, JSON-escaped (also with `\\/`, as
+    PHP and some gateways write it), URL-quoted, and base64-encoded inside a longer string (an
+    HTTP Basic header holds base64("user:" + key)). Case is handled by the match itself."""
     stripped = value.strip()
-    return {v for v in (value, stripped, json.dumps(stripped)[1:-1], quote(stripped, safe="")) if v}
+    escaped = json.dumps(stripped)[1:-1]
+    forms = {value, stripped, escaped, escaped.replace("/", "\\/"), quote(stripped, safe="")}
+    return {v for v in forms | base64_cores(stripped) if v}
+
+
+def base64_cores(value: str) -> set[str]:
+    """The base64 characters that depend on `value` alone, wherever it sits in the encoded text.
+
+    A string embedded at byte offset o encodes differently for each o mod 3, and its first and last
+    characters share bits with its neighbours; the characters wholly inside the value are the same
+    for every string with the value at that alignment. Standard and URL-safe alphabets."""
+    raw = value.encode("utf-8")
+    out = set()
+    for align in range(3):
+        encoded = base64.b64encode(b"\0" * align + raw).decode("ascii")
+        first = -(-8 * align // 6)  # first character whose 6 bits all lie inside the value
+        last = (8 * (align + len(raw))) // 6  # one past the last such character
+        core = encoded[first:last]
+        if len(core) >= MIN_ENCODED_LEN:
+            out |= {core, core.replace("+", "-").replace("/", "_")}
+    return out
 
 
 def env_secrets() -> set[str]:
@@ -59,7 +86,7 @@ def env_secrets() -> set[str]:
     out: set[str] = set()
     for name, value in os.environ.items():
         if value and len(value.strip()) >= MIN_DISCOVERED_LEN and (name in KNOWN_KEY_VARS or _SECRET_NAME.search(name)):
-            out |= _variants(value)
+            out |= {value, value.strip()}
     return out
 
 
@@ -69,21 +96,40 @@ def secret_values(env_names: list[str | None] = ()) -> list[str]:
     for name in env_names:
         value = os.environ.get(name) if name else None
         if value and len(value.strip()) >= 4:
-            values |= _variants(value)
+            values |= {value, value.strip()}
     return sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
 
 
-def redact(text: str, secrets: list[str] = ()) -> str:
-    """`text` with every known key value and every key-shaped string replaced by MASK."""
-    values = sorted(set(secrets) | env_secrets(), key=len, reverse=True)
+@functools.lru_cache(maxsize=64)
+def _known_values(values: frozenset[str]) -> re.Pattern | None:
+    """One case-insensitive pattern for every form of the known values, longest first (a provider
+    may echo a key lower- or upper-cased)."""
+    forms = set()
     for value in values:
         if len(value) >= 4:
-            text = text.replace(value, MASK)
+            forms |= _variants(value)
+    forms = sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, forms)), re.IGNORECASE) if forms else None
+
+
+def redact(text: str, secrets: list[str] = ()) -> str:
+    """`text` with every known key value (in any case, escaped, quoted or base64-encoded), every
+    key-shaped string and every credential in a URL replaced by MASK."""
+    known = _known_values(frozenset(secrets) | frozenset(env_secrets()))
+    if known is not None:
+        text = known.sub(MASK, text)
     for shape in _SHAPES:
         text = shape.sub(MASK, text)
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
+    text = _BASIC.sub(lambda m: m.group(1) + MASK, text)
     text = _KEY_FIELD.sub(lambda m: m.group(1) + MASK, text)
     text = _API_KEY_WORDS.sub(lambda m: m.group(1) + MASK, text)
+    return redact_url(text)
+
+
+def redact_url(text: str) -> str:
+    """`text` with the user and password of every URL in it masked (`s3://[REDACTED]@bucket/run`):
+    a run directory's address is printed, logged and written into summaries."""
     return _URL_AUTH.sub("//" + MASK + "@", text)
 
 

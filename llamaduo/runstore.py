@@ -73,8 +73,11 @@ class RunStore:
         return self.url or str(self.local)
 
     def where(self, rel: str | Path) -> str:
-        """A file's address for people (a URL for a store, a path for a folder)."""
-        return f"{self.url}/{rel}" if self.remote else str(self.local / rel)
+        """A file's address for people (a URL for a store, a path for a folder), without the
+        user and password a URL may carry: it is printed, logged and written into summaries."""
+        from .redact import redact_url
+
+        return redact_url(f"{self.url}/{rel}") if self.remote else str(self.local / rel)
 
     def _key(self, rel: str | Path) -> str:
         return f"{self.base}/{str(rel).strip('/')}"

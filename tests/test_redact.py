@@ -207,3 +207,62 @@ def test_llamaduo_run_stopped_mid_run_leaves_no_part_of_the_key_in_logs_or_summa
     failures = "".join(p.read_text() for p in (tmp_path / "w").rglob("*.failures.jsonl"))
     assert "AuthenticationError" in failures
     assert _assert_nowhere(KEY, out, tmp_path / "w") > 3
+
+
+# -- issue 28, point 5: URL credentials, re-encoded and re-cased forms of a known key -----------------------
+def _b64_core(text: str, start: int, length: int) -> str:
+    """The base64 characters of `text` (bytes start..start+length) that depend on those bytes alone."""
+    import base64
+
+    encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return "".join(c for i, c in enumerate(encoded) if 6 * i >= 8 * start and 6 * i + 6 <= 8 * (start + length))
+
+
+ASCII_KEYS = st.from_regex(r"[A-Za-z0-9_\-/+]{16,48}", fullmatch=True)
+FORMS = st.sampled_from(["lower", "upper", "slash_escaped", "basic_user", "basic_empty", "b64_embedded"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=ASCII_KEYS, form=FORMS, user=st.from_regex(r"[a-z]{0,12}", fullmatch=True),
+       prefix=st.text(alphabet="abc xyz:{}\"", max_size=60), suffix=st.text(alphabet="abc xyz:{}\"", max_size=60))
+def test_a_configured_key_echoed_in_another_form_is_redacted(key, form, user, prefix, suffix):
+    """A provider echoes the configured key lower- or upper-cased, JSON-escaped with `\\/`, or
+    base64-encoded (an HTTP Basic header of "user:key" or ":key", or inside any longer string at
+    any of the three byte alignments)."""
+    import base64
+
+    if form in ("lower", "upper"):
+        echoed = getattr(key, form)()
+        body, pieces_of = prefix + echoed + suffix, {p.lower() for p in pieces(key)}
+        out = redact(body, [key]).lower()
+    elif form == "slash_escaped":
+        echoed = json.dumps(key)[1:-1].replace("/", "\\/")
+        body, pieces_of = prefix + echoed + suffix, pieces(echoed)
+        out = redact(body, [key])
+    else:
+        plain = {"basic_user": f"{user}:{key}", "basic_empty": f":{key}", "b64_embedded": f"{user}{key}{user}"}[form]
+        start = len(plain) - len(key) if form != "b64_embedded" else len(user)
+        encoded = base64.b64encode(plain.encode()).decode()
+        body = prefix + ("Authorization: Basic " if form != "b64_embedded" else "blob=") + encoded + suffix
+        core = _b64_core(plain, start, len(key))
+        pieces_of = pieces(core)
+        out = redact(body, [key])
+    assume(not any(p in (prefix + suffix).lower() for p in {q.lower() for q in pieces_of}))
+    assert not any(p in out for p in pieces_of), (form, body, out)
+
+
+def test_url_credentials_are_redacted_but_the_address_kept():
+    from llamaduo.redact import redact_url
+
+    assert redact("memory://user:S3cr3t@bucket/run/summary.json") == f"memory://{MASK}@bucket/run/summary.json"
+    assert redact_url("s3://:pw-only@bucket/x") == f"s3://{MASK}@bucket/x"
+    assert redact_url("s3://bucket/run") == "s3://bucket/run"
+
+
+def test_run_store_addresses_for_people_carry_no_url_password(tmp_path):
+    """`summary:`, `decision:`, `report:` and `model:` lines, and summary.json's final_model_dir, are
+    built from RunStore.where: it printed `memory://user:S3cr3t@bucket/run/summary.json`."""
+    from llamaduo.runstore import RunStore
+
+    store = RunStore("s3://user:S3cr3t@bucket/run")
+    assert "S3cr3t" not in store.where("summary.json") and store.where("summary.json").endswith("bucket/run/summary.json")
