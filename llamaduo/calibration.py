@@ -24,7 +24,7 @@ the record says why. `agreement_stop` is the flow's decision against `judge.min_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,11 @@ JUDGE_SCALE_MIDDLE = 50.0
 FIELD = "judge.calibration_path"
 _TRUE, _FALSE = {"true", "yes", "1", "pass"}, {"false", "no", "0", "fail"}
 _CUT = 300  # characters of a row kept in the record (the judged file has them whole)
+PEOPLE = "people"
+# `rated_by` starting with one of these names ratings that are not people's ("rubric: ...", "model: gpt-4o")
+NOT_PEOPLE_KINDS = ("rubric", "model", "llm", "judge", "rule", "rules", "script", "heuristic", "synthetic",
+                    "generated", "automatic")
+_SAYS_NOT_PEOPLE = ("not people", "not by people", "not human", "not a person")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Rating:
     candidate: str
     human_score: float | None = None
     human_pass: bool | None = None
+    rater: str = PEOPLE  # who rated, from `rated_by` (rater_kind)
+    copies: int = 1  # rows of the file that are this rating (duplicates collapsed into one)
 
     @property
     def human_value(self) -> float:
@@ -108,9 +115,20 @@ def _pass(value: Any, *, file: str, line: int) -> bool | None:
     raise InputError(f"expected true or false, got {str(value)[:40]!r}", file=file, line=line, field="human_pass")
 
 
+def rater_kind(rated_by: Any) -> str:
+    """Who rated a row: `people` (the file's contract: people's ratings), unless its `rated_by`
+    says otherwise: a first word such as `rubric` or `model` (NOT_PEOPLE_KINDS), or "not people"
+    in its text (`other`). The page may say "calibrated against people" only for people's rows."""
+    text = str(rated_by or "").strip().lower()
+    first = text.replace(":", " ").split()[0] if text.split() else ""
+    if first in NOT_PEOPLE_KINDS:
+        return first
+    return "other" if any(s in text for s in _SAYS_NOT_PEOPLE) else PEOPLE
+
+
 def parse_rating(raw: Any, *, file: str, line: int) -> Rating:
     """One calibration row, checked field by field (the error names file, line and field).
-    Other fields (`id`, `rated_by`, `category`, notes) are allowed and ignored."""
+    `rated_by` says who rated (rater_kind); other fields (`id`, `category`, notes) are ignored."""
     if not isinstance(raw, dict):
         raise InputError(f"row must be an object, got {type(raw).__name__}", file=file, line=line)
     texts = {name: _text(raw, name, file=file, line=line) for name in ("instruction", "reference", "candidate")}
@@ -119,18 +137,44 @@ def parse_rating(raw: Any, *, file: str, line: int) -> Rating:
     if score is None and passed is None:
         raise InputError("a calibration row needs human_score (1-100) or human_pass (true/false)", file=file,
                          line=line, field="human_score")
-    return Rating(line=line, human_score=score, human_pass=passed, **texts)
+    return Rating(line=line, human_score=score, human_pass=passed, rater=rater_kind(raw.get("rated_by")), **texts)
+
+
+def collapse_duplicates(ratings: list[Rating]) -> list[Rating]:
+    """One rating per answer (same instruction, reference and candidate): a copied row is not an
+    independent rating (3 ratings x 4 read as 12 rows with tau 1.00 [1.00, 1.00]). Ratings of one
+    answer that differ are averaged on the 1-100 scale; `copies` counts the rows merged."""
+    groups: dict[tuple[str, str, str], list[Rating]] = {}
+    for r in ratings:
+        groups.setdefault((r.instruction, r.reference, r.candidate), []).append(r)
+    out = []
+    for same in groups.values():
+        first = same[0]
+        if len(same) == 1:
+            out.append(first)
+            continue
+        scores = [r.human_score for r in same if r.human_score is not None]
+        passes = {r.human_pass for r in same if r.human_pass is not None}
+        passed = passes.pop() if len(passes) == 1 else None
+        score = sum(scores) / len(scores) if scores else None
+        if score is None and passed is None:  # pass and fail for one answer: their mean on the scale
+            score = sum(r.human_value for r in same) / len(same)
+        out.append(replace(first, human_score=score, human_pass=passed, copies=len(same)))
+    return out
 
 
 def load_ratings(path: str | Path) -> list[Rating]:
-    """Every row of the calibration file, validated; at least MIN_ROWS of them."""
+    """Every row of the calibration file, validated, duplicates collapsed; at least MIN_ROWS
+    distinct ratings."""
     path = Path(path)
     if not path.exists():
         raise InputError("calibration file not found", file=str(path), field=FIELD)
-    ratings = [parse_rating(raw, file=str(path), line=line) for line, raw in iter_rows(path)]
+    rows = [parse_rating(raw, file=str(path), line=line) for line, raw in iter_rows(path)]
+    ratings = collapse_duplicates(rows)
     if len(ratings) < MIN_ROWS:
-        raise InputError(f"{len(ratings)} rated rows; agreement with people needs at least {MIN_ROWS}",
-                         file=str(path), field=FIELD)
+        dups = len(rows) - len(ratings)
+        raise InputError(f"{len(ratings)} distinct rated rows" + (f" ({dups} duplicate rows collapsed)" if dups else "")
+                         + f"; agreement needs at least {MIN_ROWS}", file=str(path), field=FIELD)
     return ratings
 
 
@@ -179,17 +223,32 @@ def spearman_rho(x: list[float], y: list[float]) -> float | None:
     return _finite(spearmanr(x, y).statistic)
 
 
-def _tau_b_rows(xs, ys):
-    """Kendall tau-b of each row pair of two (resamples x n) arrays at once: the same formula as
-    scipy's, (concordant - discordant) / sqrt(pairs untied in x * pairs untied in y); nan when a
-    row is constant."""
+TABLE_CELLS = 100_000  # distinct (human, judge) value pairs up to which resamples are counted in a table
+
+
+def _table_statistics(table, statistic: str):
+    """tau-b or rho of each resample given as a table of counts (resamples x distinct human
+    values x distinct judge values, both ascending): O(cells) per resample whatever the rows.
+    tau-b = (concordant - discordant) / sqrt(pairs untied in x * pairs untied in y), as scipy;
+    rho = Pearson of average ranks. nan where a resample is constant."""
     import numpy as np
 
-    sx = np.sign(xs[:, :, None] - xs[:, None, :])
-    sy = np.sign(ys[:, :, None] - ys[:, None, :])
-    den = np.sqrt(np.abs(sx).sum(axis=(1, 2)) * np.abs(sy).sum(axis=(1, 2)))
+    rows, cols = table.sum(axis=2), table.sum(axis=1)
+    total = rows.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (sx * sy).sum(axis=(1, 2)) / den
+        if statistic == "kendall":
+            later = np.flip(np.flip(table, 1).cumsum(1), 1) - table  # counts with a larger human value
+            above = np.flip(np.flip(later, 2).cumsum(2), 2) - later  # ... and a larger judge value
+            below = later.cumsum(2) - later  # ... and a smaller judge value
+            s = (table * (above - below)).sum(axis=(1, 2))
+            untied_x = (total ** 2 - (rows ** 2).sum(axis=1)) / 2
+            untied_y = (total ** 2 - (cols ** 2).sum(axis=1)) / 2
+            return s / np.sqrt(untied_x * untied_y)
+        mid = (total[:, None] + 1) / 2  # the mean rank
+        rx = rows.cumsum(1) - rows + (rows + 1) / 2 - mid  # average rank of each value, centred
+        ry = cols.cumsum(1) - cols + (cols + 1) / 2 - mid
+        cov = np.einsum("sa,sab,sb->s", rx, table, ry)
+        return cov / np.sqrt((rows * rx * rx).sum(axis=1) * (cols * ry * ry).sum(axis=1))
 
 
 def _rho_rows(xs, ys):
@@ -203,15 +262,38 @@ def _rho_rows(xs, ys):
         return (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
 
 
-_ROWWISE = {"kendall": _tau_b_rows, "spearman": _rho_rows}
+def _resample_statistics(x, y, idx, statistic: str):
+    """`statistic` of each resample (rows `idx` of x and y). Few distinct value pairs (scores on
+    the 1-100 scale): counted into tables, all resamples at once; otherwise ranks of all resamples
+    at once for rho, scipy per resample for tau (O(n log n) each). The pairwise form this replaces was quadratic: 0.1-0.3 s per resample at
+    3,000 rows."""
+    import numpy as np
+
+    ux, ix = np.unique(x, return_inverse=True)
+    uy, iy = np.unique(y, return_inverse=True)
+    cells = len(ux) * len(uy)
+    samples, n = idx.shape
+    chunk = max(1, 4_000_000 // max(cells, n))  # a chunk's arrays stay around 32 MB each
+    if cells > TABLE_CELLS:
+        if statistic == "spearman":
+            return np.concatenate([_rho_rows(x[idx[i:i + chunk]], y[idx[i:i + chunk]])
+                                   for i in range(0, samples, chunk)])
+        return np.array([np.nan if v is None else v for v in (kendall_tau_b(x[row], y[row]) for row in idx)])
+    cell = (ix * len(uy) + iy)[idx]  # samples x n
+    out = []
+    for i in range(0, samples, chunk):
+        part = cell[i:i + chunk]
+        k = len(part)
+        counts = np.bincount((part + np.arange(k)[:, None] * cells).ravel(), minlength=k * cells)
+        out.append(_table_statistics(counts.reshape(k, len(ux), len(uy)).astype(float), statistic))
+    return np.concatenate(out)
 
 
 def bootstrap_interval(x: list[float], y: list[float], statistic: str, *, samples: int = BOOTSTRAP_SAMPLES,
                        level: float = CI_LEVEL, seed: int = 0) -> tuple[float, float] | None:
     """Percentile bootstrap interval of `statistic` ("kendall" tau-b or "spearman" rho), rows
     resampled with replacement (seeded: the same rows give the same interval). Resamples where
-    it is undefined (all ratings equal) are left out; None when most are. Computed for all
-    resamples at once (a scipy call per resample took ~1 s per 1,000 on a CPU core)."""
+    it is undefined (all ratings equal) are left out; None when most are. Seconds at 10,000 rows."""
     import numpy as np
 
     n = len(x)
@@ -220,9 +302,7 @@ def bootstrap_interval(x: list[float], y: list[float], statistic: str, *, sample
     rng = np.random.default_rng(seed)
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     idx = rng.integers(0, n, size=(samples, n))
-    chunk = max(1, 4_000_000 // (n * n))  # pairwise sign arrays of a chunk stay around 32 MB each
-    values = np.concatenate([_ROWWISE[statistic](xs[idx[i:i + chunk]], ys[idx[i:i + chunk]])
-                             for i in range(0, samples, chunk)])
+    values = _resample_statistics(xs, ys, idx, statistic)
     values = values[np.isfinite(values)]
     if len(values) < samples / 2:
         return None
@@ -273,7 +353,12 @@ def measure(ratings: list[Rating], judge: list[float | None], *, judge_metric: s
     people's ratings, or a record that says why it was not computed."""
     pairs = [(r, s) for r, s in zip(ratings, judge) if s is not None]
     rated, scores = [r for r, _ in pairs], [s for _, s in pairs]
+    kinds: dict[str, int] = {}
+    for r in ratings:
+        kinds[r.rater] = kinds.get(r.rater, 0) + 1
     cal = Calibration(source=source, sha256=sha256, judge=judge_model, kind=kind_of(ratings), rows=len(ratings),
+                      duplicate_rows=sum(r.copies - 1 for r in ratings),
+                      raters=next(iter(kinds)) if len(kinds) == 1 else "mixed", rater_rows=kinds,
                       n=len(pairs), computed=False, judge_metric=judge_metric, pass_score=pass_score,
                       ci_level=CI_LEVEL)
     if len(pairs) < MIN_ROWS:
@@ -304,12 +389,27 @@ def measure(ratings: list[Rating], judge: list[float | None], *, judge_metric: s
     return cal
 
 
+def rater_phrase(cal: dict) -> str:
+    """Who the judge was calibrated against, as a page says it: "people" only when every rating is
+    people's; otherwise what the ratings are ("rubric ratings (not people's)")."""
+    raters, kinds = cal.get("raters") or PEOPLE, cal.get("rater_rows") or {}
+    if raters == PEOPLE:
+        return PEOPLE
+    if raters != "mixed":
+        return f"{raters} ratings (not people's)"
+    return (f"mixed ratings ({kinds.get(PEOPLE, 0)} of {sum(kinds.values())} rows people's; others: "
+            + ", ".join(sorted(k for k in kinds if k != PEOPLE)) + ")")
+
+
 def describe(cal: Calibration) -> str:
     """One line for logs and reports."""
+    dups = f"; {cal.duplicate_rows} duplicate rows collapsed" if cal.duplicate_rows else ""
+    who = "" if cal.raters == PEOPLE else f"; against {rater_phrase(cal.model_dump())}"
     if not cal.computed:
-        return f"judge calibration ({cal.source}): {cal.note}"
+        return f"judge calibration ({cal.source}{dups}{who}): {cal.note}"
     ci = lambda c: f" [{c[0]:.2f}, {c[1]:.2f}]" if c else " [interval undefined]"  # noqa: E731
-    text = (f"judge calibration ({cal.source}, {cal.n} rows): Kendall tau-b {cal.kendall_tau:.2f}{ci(cal.tau_ci)}, "
+    text = (f"judge calibration ({cal.source}, {cal.n} rows{dups}{who}): "
+            f"Kendall tau-b {cal.kendall_tau:.2f}{ci(cal.tau_ci)}, "
             f"Spearman rho {cal.spearman_rho:.2f}{ci(cal.rho_ci)} ({cal.ci_level:.0%} bootstrap)")
     if cal.pass_rows:
         kappa = "undefined" if cal.kappa is None else f"{cal.kappa:.2f}"
@@ -339,7 +439,7 @@ def agreement_stop(cal: Calibration, min_agreement: float | None) -> tuple[Calib
     if agrees:
         return cal, None
     ci = f" (95% interval [{cal.tau_ci[0]:.2f}, {cal.tau_ci[1]:.2f}])" if cal.tau_ci else ""
-    return cal, (f"the judge disagrees with people on {cal.source}: Kendall tau-b {cal.kendall_tau:.2f}{ci} on "
+    return cal, (f"the judge disagrees with {rater_phrase(cal.model_dump())} on {cal.source}: Kendall tau-b {cal.kendall_tau:.2f}{ci} on "
                  f"{cal.n} rated rows is below judge.min_agreement {min_agreement:g}{worst}")
 
 

@@ -193,9 +193,25 @@ class ExportCheck(_Stats):
     note: str | None = Field(None, description="Why the answers were not compared (set only then).")
 
 
+class ShippedFormat(_Record):
+    """One format under final_model/ and its greedy answers to the test split, before it is judged."""
+    name: str = Field(description="adapter | merged | gguf-<type>")
+    path: str = Field(description="Relative to the run directory.")
+    bytes: int = Field(description="Size on disk (weights and what ships with them).")
+    engine: str = Field(description="The runtime that produced its answers.")
+    answers: Artifact | None = Field(None, description="Its answers to the test split (null: not answered here).")
+    identical_share: float | None = Field(None, description="Share of its greedy answers identical to the "
+                                          "evaluated ones.")
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    tokens_per_s: float | None = None
+    note: str = ""
+
+
 class ExportResult(StageResult):
     model: Artifact
     check: ExportCheck
+    formats: list[ShippedFormat] = Field(default_factory=list)
 
 
 class Criterion(_Record):
@@ -363,7 +379,11 @@ class Calibration(_Record):
     sha256: str
     judge: str = Field(description="The judge model that scored the rows.")
     kind: str = Field(description="score: every row has human_score; pass: every row has human_pass only; mixed.")
-    rows: int = Field(description="Rated rows in the file.")
+    rows: int = Field(description="Distinct rated rows in the file (rows rating the same answer collapsed).")
+    duplicate_rows: int = Field(0, description="Rows that repeated another row's answer, collapsed into it.")
+    raters: str = Field("people", description="Who rated (from `rated_by`): people, a kind such as rubric or "
+                        "model, or mixed.")
+    rater_rows: dict[str, int] = Field(default_factory=dict, description="Distinct rows per kind of rater.")
     n: int = Field(description="Rows with a valid judgement: what the agreement is computed on.")
     computed: bool = Field(description="False: too few judged rows (at least 10) or no order to compare.")
     note: str = ""
@@ -447,6 +467,25 @@ class BreakEven(_Record):
     note: str = ""
 
 
+class FormatRow(_Record):
+    """decision.json `formats`: one shipped format, judged on the test split by the run's judge."""
+    name: str
+    path: str
+    bytes: int
+    engine: str
+    quality: QualityStats | None = Field(None, description="gate.metric per test item: mean, 95% interval.")
+    judged_share: float | None = None
+    parity: float | None = Field(None, description="Mean per-item difference from the evaluated adapter.")
+    parity_ci95: tuple[float, float] | None = None
+    identical_share: float | None = None
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    tokens_per_s: float | None = None
+    usd_per_1k: float | None = None
+    ship: bool = Field(description="Judged, and its gate metric reaches the threshold.")
+    reason: str = ""
+
+
 class Decision(_Record):
     """decision.json: the page a reviewer signs (DESIGN.md contract)."""
     name: str
@@ -474,3 +513,6 @@ class Decision(_Record):
     standin: bool = False
     exported_round: int | None = None
     stop_reason: str | None = None
+    formats: list[FormatRow] = Field(default_factory=list, description="One row per shipped format, each judged "
+                                     "on the test split; `ship: false` = do not ship.")
+
