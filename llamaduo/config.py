@@ -431,17 +431,23 @@ class RunConfig(_Section):
                         standin_pool=s.standin_pool)
 
     def judge_endpoint(self) -> "Endpoint":
-        """The judge inherits the service's endpoint and key unless it is on another provider."""
+        """The judge inherits the service's endpoint and key unless it is on another provider, and
+        the service's prices only when it is the service's own model: prices belong to a model (a
+        gpt-4o judge priced as gpt-4o-mini undercounted the budget 16x). Otherwise its own pair,
+        else litellm's map, else `check_pricing` refuses it."""
         j, s = self.judge, self.service
-        same = j.model is None or provider_of(j.model) == provider_of(s.model)
+        same_provider = j.model is None or provider_of(j.model) == provider_of(s.model)
+        same_model = j.model is None or j.model == s.model
+        own_prices = j.input_cost_per_mtok is not None or j.output_cost_per_mtok is not None
 
-        def inherit(name: str):
+        def inherit(name: str, when: bool):
             mine = getattr(j, name)
-            return mine if mine is not None else (getattr(s, name) if same else None)
+            return mine if mine is not None else (getattr(s, name) if when else None)
 
-        return Endpoint(model=self.judge_model, field="judge", standin_pool=s.standin_pool,
-                        **{name: inherit(name) for name in ("api_base", "api_key_env", "input_cost_per_mtok",
-                                                            "output_cost_per_mtok")})
+        prices = {name: (getattr(j, name) if own_prices else inherit(name, same_model))
+                  for name in ("input_cost_per_mtok", "output_cost_per_mtok")}
+        return Endpoint(model=self.judge_model, field="judge", standin_pool=s.standin_pool, **prices,
+                        **{name: inherit(name, same_provider) for name in ("api_base", "api_key_env")})
 
 
 class Endpoint(BaseModel):

@@ -254,3 +254,31 @@ def test_a_retry_is_reserved_before_it_is_sent_and_a_timeout_is_charged(tmp_path
     assert server.requests == 1, "the retry did not fit the cap, so it was not sent"
     assert res.kind == "budget" and "Timeout" in res.error and client.budget_hit
     assert client.stats.cost_usd == pytest.approx(worst) and client.stats.cost_usd <= 1.5
+
+
+# -- issue 28, point 8: a judge on another model is priced from its own pair or litellm's map ---------------
+def _judge_cfg(judge: dict, service_model: str = "openai/gpt-4o-mini"):
+    return config_from_dict({"data": {"path": "d.jsonl"}, "student": {"model": "s"},
+                             "service": {"model": service_model, "input_cost_per_mtok": 0.15,
+                                         "output_cost_per_mtok": 0.60},
+                             "judge": judge, "budget": {"max_usd": 5}})
+
+
+@pytest.mark.parametrize("service_model", ["openai/gpt-4o-mini", "gpt-4o-mini"])
+def test_a_judge_on_another_model_never_inherits_the_service_prices(service_model):
+    """service gpt-4o-mini at 0.15/0.60 (explicit), judge openai/gpt-4o with no prices: it was priced
+    at 0.15/0.60 ($0.75 per 1M+1M tokens against litellm's $12.50): the budget undercounted ~16x."""
+    judge = _judge_cfg({"model": "openai/gpt-4o"}, service_model).judge_endpoint()
+    assert judge.input_cost_per_mtok is None and judge.output_cost_per_mtok is None
+    assert price_usd(judge, 1_000_000, 1_000_000) == pytest.approx(12.5)
+    same = _judge_cfg({}).judge_endpoint()  # the service's own model judges: its prices hold
+    assert (same.input_cost_per_mtok, same.output_cost_per_mtok) == (0.15, 0.60)
+    own = _judge_cfg({"model": "openai/gpt-4o", "input_cost_per_mtok": 2, "output_cost_per_mtok": 8}).judge_endpoint()
+    assert price_usd(own, 1_000_000, 1_000_000) == pytest.approx(10)
+
+
+def test_an_unpriced_judge_model_is_an_input_error_not_the_service_price():
+    judge = _judge_cfg({"model": "openai/acme-judge-unknown-7"}).judge_endpoint()
+    with pytest.raises(InputError, match="judge.input_cost_per_mtok") as e:
+        check_pricing(judge, BudgetConfig(max_usd=5))
+    assert e.value.field == "judge.model"
