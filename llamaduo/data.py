@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .config import CurateConfig, DataConfig
     from .records import SplitResult
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Example:
@@ -213,13 +215,17 @@ def parse_row(raw: Any, *, file: str, line: int) -> Example:
                    category=(category.strip() or None) if category else None, system=system)  # "  " = none
 
 
-def load_examples(path: str | Path, *, max_chars: int | None = None) -> list[Example]:
+def load_examples(path: str | Path, *, max_chars: int | None = None, need_category: bool = False) -> list[Example]:
+    """Every row of a coverage file as an Example. `need_category` (data.stratify: true): a row
+    without a category is an input error naming it, not a silent plain shuffle."""
     path = Path(path)
     if not path.exists():
         raise InputError("data file not found", file=str(path))
-    rows = []
+    rows, uncategorised = [], []
     for line, raw in iter_rows(path):
         ex = parse_row(raw, file=str(path), line=line)
+        if need_category and not ex.category:
+            uncategorised.append(line)
         if max_chars is not None:
             for name in ("instruction", "response"):
                 if len(getattr(ex, name)) > max_chars:
@@ -228,6 +234,11 @@ def load_examples(path: str | Path, *, max_chars: int | None = None) -> list[Exa
         rows.append(ex)
     if not rows:
         raise InputError("dataset is empty", file=str(path))
+    if uncategorised:
+        lines = ", ".join(map(str, uncategorised[:10])) + (", …" if len(uncategorised) > 10 else "")
+        raise InputError(f"missing: data.stratify: true shares the splits out by category, so every row needs one "
+                         f"({len(uncategorised)} without: lines {lines}); add them or set data.stratify: false",
+                         file=str(path), line=uncategorised[0], field="category")
     return rows
 
 
@@ -245,12 +256,18 @@ def split_examples(examples: list[Example], test_size: float, seed: int, *, stra
         raise InputError(f"test_size {test_size} leaves no training rows ({len(examples)} rows)",
                          field="data.test_size")
     order = sorted(range(len(examples)), key=lambda i: examples[i].id)  # independent of file order
-    random.Random(seed).shuffle(order)
-    if stratify and all(e.category for e in examples):
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    uncategorised = [e.id for e in examples if not e.category] if stratify else []
+    if uncategorised:  # config asked for it checks this at load time (exit 2); a library caller is told
+        log.warning("%d row%s without a category (%s%s): the split is not stratified", len(uncategorised),
+                    "" if len(uncategorised) == 1 else "s", ", ".join(uncategorised[:10]),
+                    ", …" if len(uncategorised) > 10 else "")
+    if stratify and not uncategorised:
         groups: dict[str, list[int]] = {}
         for i in order:
             groups.setdefault(examples[i].category, []).append(i)
-        quotas = stratified_quotas({c: len(g) for c, g in groups.items()}, n_test)
+        quotas = stratified_quotas({c: len(g) for c, g in groups.items()}, n_test, rng=rng)
         test_idx = {i for c, g in groups.items() for i in g[:quotas[c]]}
     else:
         test_idx = set(order[:n_test])
@@ -259,12 +276,15 @@ def split_examples(examples: list[Example], test_size: float, seed: int, *, stra
     return train, test
 
 
-def stratified_quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
+def stratified_quotas(sizes: dict[str, int], n: int, *, rng: random.Random | None = None) -> dict[str, int]:
     """`n` rows shared out over groups in proportion to their sizes: floors, then one more each to
-    the largest remainders (ties: the larger group, then the name)."""
+    the largest remainders (ties: the larger group, then a draw from `rng`, so that which of many
+    equal groups gets a leftover slot follows the split's seed, not the alphabet; without `rng`,
+    the name)."""
     total = sum(sizes.values())
     quotas = {c: n * k // total for c, k in sizes.items()}
-    by_remainder = sorted(sizes, key=lambda c: (-(n * sizes[c] % total), -sizes[c], c))
+    draw = {c: rng.random() for c in sorted(sizes)} if rng is not None else {}
+    by_remainder = sorted(sizes, key=lambda c: (-(n * sizes[c] % total), -sizes[c], draw.get(c, 0.0), c))
     for c in by_remainder[:n - sum(quotas.values())]:
         quotas[c] += 1
     return quotas
@@ -289,7 +309,7 @@ def load_coverage(data: "DataConfig", curate: "CurateConfig | None" = None) -> S
     from .curate import collapse_duplicates, overlapping_test
 
     curate = curate or CurateConfig()
-    examples = load_examples(data.path, max_chars=data.max_row_chars)
+    examples = load_examples(data.path, max_chars=data.max_row_chars, need_category=data.stratify)
     removed: dict[str, int] = {}
     examples, dups = collapse_duplicates(examples, curate)
     removed.update({k: v for k, v in dups.items() if v})

@@ -227,3 +227,18 @@ def test_validate_refuses_a_lone_surrogate_with_exit_2(where, tmp_path, capsys):
     line = 13 if where == "data" else 1
     assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
     assert name in err and f"line {line}, field 'response'" in err, err
+
+
+def test_stratify_asked_for_with_a_row_without_category_is_an_input_error(write_jsonl):
+    """`data.stratify: true` with one uncategorised row used to turn stratification off silently."""
+    from llamaduo.config import DataConfig
+
+    rows = [{"instruction": f"I{i}", "response": f"R{i}", "category": "ab"[i % 2]} for i in range(30)]
+    rows[6] = {"instruction": "I6", "response": "R6"}
+    rows[11] = {"instruction": "I11", "response": "R11", "category": "  "}
+    path = write_jsonl("d.jsonl", rows)
+    with pytest.raises(InputError) as e:
+        load_coverage(DataConfig(path=str(path), test_size=6, stratify=True))
+    assert (e.value.file, e.value.line, e.value.field) == (str(path), 7, "category")
+    assert "data.stratify" in str(e.value) and "lines 7, 12" in str(e.value)
+    assert load_coverage(DataConfig(path=str(path), test_size=6)).test, "not asked for: a plain shuffle"

@@ -55,10 +55,27 @@ def test_a_small_test_split_of_a_balanced_set_misses_no_category():
     assert misses == 0 and plain > 20  # one shuffle of all rows misses a category most of the time
 
 
-def test_rows_without_a_category_are_split_as_one_group():
+def test_rows_without_a_category_are_split_as_one_group_with_a_warning_naming_them(caplog):
     examples = rows(["a", "b"] * 10)
     examples[3] = Example(id="x", instruction="no category", response="?")
-    assert split_examples(examples, 4, 1, stratify=True) == split_examples(examples, 4, 1)
+    with caplog.at_level("WARNING", logger="llamaduo.data"):
+        assert split_examples(examples, 4, 1, stratify=True) == split_examples(examples, 4, 1)
+    assert "1 row without a category (x)" in caplog.text and "not stratified" in caplog.text
+
+
+def test_leftover_slots_go_where_the_seed_draws_them_not_alphabetically():
+    """100 categories of 3 rows, 50 test rows: every category's exact share is 0.5, so each slot is
+    a leftover. They went to cat000..cat049 whatever the seed."""
+    examples = rows([f"cat{i:03d}" for i in range(100) for _ in range(3)])
+    tested = {seed: frozenset(e.category for e in split_examples(examples, 50, seed, stratify=True)[1])
+              for seed in (1, 2, 3, 42)}
+    assert all(len(t) == 50 for t in tested.values()), "still one row per category at most"
+    assert len(set(tested.values())) == 4, "each seed draws its own categories"
+    assert tested[1] != frozenset(f"cat{i:03d}" for i in range(50))
+    ever: set[str] = set()
+    for seed in range(20):
+        ever |= {e.category for e in split_examples(examples, 50, seed, stratify=True)[1]}
+    assert len(ever) > 90, "over seeds, nearly every category gets tested"
 
 
 def _synth_prompt(topic: str) -> str:
