@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, TypeAdapter
 
 from llamaduo.errors import InputError
+from llamaduo.records import StudentRef
 from llamaduo.runstore import RunStore, is_url
 from llamaduo.store import sha256_text
 from tasks._policy import run_stage
@@ -94,7 +95,15 @@ def _typed_params(task, params: dict) -> dict:
         parts = PurePosixPath(rel).parts
         if rel.startswith(("/", "~")) or ".." in parts or "://" in rel:
             raise InputError(f"{rel!r} is not a path inside the run directory", field="params")
-    return typed
+    return {k: _student_here(v) if isinstance(v, StudentRef) else v for k, v in typed.items()}
+
+
+def _student_here(ref: StudentRef) -> StudentRef:
+    """The student's weights as this worker resolves its configured id: a caller's `path` is
+    not taken (it was a free path on the GPU worker)."""
+    from llamaduo.models import resolve_student
+
+    return StudentRef(id=ref.id, path=str(resolve_student(ref.id)))
 
 
 def _receipt(out: str, flow_run_id: str) -> str:
@@ -235,6 +244,9 @@ def _check_store_base(workdir: str) -> None:
 
     from flows.operator import operator_setting
 
+    from llamaduo.location import is_within
+
     base = operator_setting(Path.cwd(), "llamaduo_run_store")
-    if base and not (workdir.rstrip("/") + "/").startswith(str(base).rstrip("/") + "/"):
+    # compared in canonical form: `STORE/../outside`, `STORE/x/../..`, `STORE-evil` are not under STORE
+    if base and not is_within(workdir, str(base)):
         raise InputError(f"must be under the operator's run store {base}", field="workdir")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import InputError
+from .location import canonical_location, is_url, place_key
 from .store import atomic_write_bytes, sha256_text
 
 UPLOADING = ".llamaduo/uploading"
@@ -30,10 +31,6 @@ UPLOADING = ".llamaduo/uploading"
 # temporary Prefect server's database. Never pushed.
 LOCAL_ONLY = (".llamaduo/", ".prefect/")
 SCRATCH_ENV = "LLAMADUO_SCRATCH"
-
-
-def is_url(location: str | Path) -> bool:
-    return "://" in str(location)
 
 
 def scratch_base() -> Path:
@@ -50,19 +47,22 @@ class RunStore:
     the folder itself, or the scratch copy of a URL."""
 
     def __init__(self, location: str | Path):
-        location = str(location)
+        location = canonical_location(location)  # one spelling per place: the boundary, lock and scratch agree
         if is_url(location):
             import fsspec
 
-            self.url: str | None = location.rstrip("/")
+            self.url: str | None = location
             # A local file:// store makes parent folders as an object store implies them.
-            local_kw = {"auto_mkdir": True} if self.url.startswith(("file://", "local://")) else {}
-            self.fs, self.base = fsspec.core.url_to_fs(self.url, **local_kw)
+            local_kw = {"auto_mkdir": True} if self.url.startswith("file://") else {}
+            try:  # some filesystems connect here (ftp, sftp): a refused one is the user's location to fix
+                self.fs, self.base = fsspec.core.url_to_fs(self.url, **local_kw)
+            except Exception as exc:  # noqa: BLE001
+                raise _unreachable(self.url, exc) from None
             self.base = self.base.rstrip("/")
-            self.local = scratch_base() / sha256_text(self.url)[:16]
+            self.local = scratch_base() / sha256_text(place_key(self.url))[:16]
         else:
             self.url, self.fs, self.base = None, None, ""
-            self.local = Path(location).expanduser().resolve()
+            self.local = Path(location)
 
     @property
     def remote(self) -> bool:
@@ -256,12 +256,17 @@ class RunStore:
         probe = self._key(".llamaduo/write-check")
         try:
             self.fs.pipe_file(probe, b"ok")
+            self.fs.ls(self._key(".llamaduo"))  # a run directory must also list its files
             self.fs.rm_file(probe)
         except Exception as exc:  # noqa: BLE001 - any storage error is the user's location to fix
-            from .redact import safe_message
+            raise _unreachable(self.url, exc) from None
 
-            raise InputError(f"cannot write to {self.url}: {safe_message(f'{type(exc).__name__}: {exc}', 300)}",
-                             field="--workdir") from None
+
+def _unreachable(url: str, exc: BaseException) -> InputError:
+    from .redact import redact_url, safe_message
+
+    return InputError(f"cannot write to {redact_url(url)}: {safe_message(f'{type(exc).__name__}: {exc}', 300)}",
+                      field="--workdir")
 
 
 def finished_checkpoints(root: Path) -> list[Path]:

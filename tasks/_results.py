@@ -134,13 +134,21 @@ def results_storage(root: str):
     credentials: each worker's own environment (AWS_* variables, an instance role) reaches it."""
     if not is_url(root):
         return None
-    from prefect.filesystems import RemoteFileSystem
-
     from llamaduo.store import sha256_text
 
-    storage = RemoteFileSystem(basepath=results_location(root))
+    storage = _storage_at(results_location(root))
     storage.save(f"llamaduo-results-{sha256_text(results_location(root))[:16]}", overwrite=True)
     return storage
+
+
+def _storage_at(location: str):
+    """A result-storage block at `location`. Prefect's RemoteFileSystem refuses `file:///path`
+    ("Base path must include a location after the scheme"): a file:// store is a folder here."""
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    if location.startswith("file://"):
+        return LocalFileSystem(basepath=location.removeprefix("file://"))
+    return RemoteFileSystem(basepath=location)
 
 
 def with_results_beside(flow, root: str):

@@ -249,9 +249,13 @@ def test_a_gpu_stage_refuses_paths_outside_the_run_directory():
     from flows.gpu import _typed_params
     from tasks.evaluate import infer
 
-    ok = {"infer_cfg": {}, "student": {"id": "s", "path": "/m"}, "adapter": None, "system_prompt": None,
-          "items": {"path": "data/test.jsonl", "sha256": "0" * 64}, "out": "rounds/round_01/answers.jsonl"}
-    assert _typed_params(infer, ok)["items"].path == "data/test.jsonl"
+    ok = {"infer_cfg": {}, "student": {"id": "acme/student-1", "path": "/etc/anything"}, "adapter": None,
+          "system_prompt": None, "items": {"path": "data/test.jsonl", "sha256": "0" * 64},
+          "out": "rounds/round_01/answers.jsonl"}
+    typed = _typed_params(infer, ok)
+    assert typed["items"].path == "data/test.jsonl"
+    # the student's weights are where this worker resolves its id, not a path the caller names (issue 28, 1)
+    assert typed["student"].path == "acme/student-1"
     for bad in ({**ok, "out": "../../other-run/answers.jsonl"},
                 {**ok, "items": {"path": "/etc/passwd", "sha256": "0" * 64}},
                 {**ok, "adapter": {"path": "s3://another-bucket/adapter", "sha256": "0" * 64}}):
@@ -271,3 +275,84 @@ def test_removing_a_directory_also_removes_the_marker_a_killed_push_left(store_u
     a.fs.invalidate_cache()
     left = [k for k in a.fs.find(a.base) if "/ck/" in k]
     assert not left, left
+
+
+# -- issue 28, points 1, 4, 6: one canonical run location; only stores that keep files; file:// works ----------
+STORE = "s3://llamaduo-store/runs"
+
+
+@pytest.mark.parametrize("spelling", [f"{STORE}//run", f"{STORE}/./run", f"{STORE}/run/", f"S3://llamaduo-store/runs/run",
+                                      f"{STORE}/./x/./run".replace("/x/./run", "/run")])
+def test_every_spelling_of_one_run_location_is_one_place(spelling, scratch):
+    from llamaduo.location import canonical_location, place_key
+
+    assert canonical_location(spelling) == f"{STORE}/run"
+    assert _store(spelling).local == _store(f"{STORE}/run").local  # one scratch copy, so one lock
+    assert place_key(spelling) == place_key(f"s3://user:pw@llamaduo-store/runs/run")
+
+
+@pytest.mark.parametrize("workdir", [
+    "file://{store}/../outside/run", "file://{store}/./../outside/run", "file://{store}/x/../../outside/run",
+    "{store}/../outside/run", "file://{store}-evil/run", f"{STORE}/../../other-bucket/run",
+    f"{STORE}/x/../../../run", "s3://another-bucket/runs/run", f"{STORE}-evil/run",
+])
+def test_a_gpu_stage_refuses_every_way_out_of_the_operator_store(workdir, tmp_path, monkeypatch):
+    """`file://STORE/../outside/run`, `STORE/./../…` and `STORE/x/../../…` passed the prefix check."""
+    from flows.gpu import _check_store_base
+
+    store = tmp_path / "store"
+    (tmp_path / "deployments").mkdir()
+    base = workdir.startswith("s3") and STORE or f"file://{store}"
+    (tmp_path / "deployments" / "prefect.yaml").write_text(yaml.safe_dump({"llamaduo_run_store": base}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError):
+        _check_store_base(workdir.format(store=store))
+    _check_store_base(f"{base}/run-1")  # inside: accepted
+    _check_store_base(f"{base}//./run-1/")
+
+
+@pytest.mark.parametrize("workdir,expect", [
+    ("memory://user:S3cr3t@bucket/run", "memory:// cannot hold a run directory"),
+    ("http://example.invalid/run", "http:// cannot hold a run directory"),
+    ("s3:///run", "needs a bucket"),
+    ("s3://bucket/run?versionId=1", "no query"),
+])
+def test_a_run_directory_on_a_store_that_keeps_nothing_is_refused(workdir, expect):
+    with pytest.raises(InputError, match=expect) as e:
+        _store(workdir)
+    assert e.value.field == "--workdir" and "S3cr3t" not in str(e.value)
+
+
+def test_an_unreachable_store_is_one_line_and_exit_2_before_any_call(tmp_path, capsys, monkeypatch):
+    """`--workdir memory://…` ran a paid run that left nothing; an ftp:// store whose server refuses
+    the connection gave a traceback and exit 1. Both: one line, exit 2, no service call."""
+    import socket
+
+    from flows.cli import main
+    from tests.test_bad_inputs import _base, _student
+
+    monkeypatch.setenv("LLAMADUO_SCRATCH", str(tmp_path / "scratch"))
+    _student(tmp_path)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with FakeOpenAIServer(FakeBehaviour()) as server:
+        cfg = _base(tmp_path)
+        cfg["service"]["api_base"] = server.url
+        (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+        for workdir in ("memory://user:S3cr3t@bucket/run", f"ftp://127.0.0.1:{port}/run"):
+            rc = main(["run", str(tmp_path / "cfg.yaml"), "--workdir", workdir])
+            err = capsys.readouterr().err
+            assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
+            assert len(err.strip().splitlines()) == 1 and "--workdir" in err and "S3cr3t" not in err
+        assert sum(server.statuses.values()) == 0, "no call before the store is known to keep the run"
+
+
+def test_a_file_url_run_directory_keeps_its_results_beside_it(tmp_path):
+    """`file:///…/run` failed after the paid probe: Prefect's RemoteFileSystem refuses file:///."""
+    from tasks._results import _storage_at, results_location
+
+    root = _store(f"file://{tmp_path}/./store//run").location
+    storage = _storage_at(results_location(root))
+    storage.write_path("probe.json", b"{}")
+    assert (tmp_path / "store" / "run" / ".prefect" / "results" / "probe.json").read_bytes() == b"{}"
