@@ -181,8 +181,26 @@ def ensure_crash_detection() -> None:
     ).create()
 
 
+def parent_gone(read_state) -> str | None:
+    """Why this GPU stage should stop, from one look at its parent (`read_state()` returns its
+    state): its state's name when it is final or cancelling, "deleted" when the server no longer
+    knows it (404: it would otherwise be polled forever), None to look again (running, or the
+    server briefly unreachable)."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        state = read_state()
+    except ObjectNotFound:
+        return "deleted"
+    except Exception:  # noqa: BLE001 - the server is briefly unreachable: look again
+        return None
+    if state is not None and (state.is_final() or state.is_cancelling()):
+        return state.name
+    return None
+
+
 def _watch_parent(parent_id: str) -> None:
-    """End this run when its parent is no longer running (cancelled, crashed, failed)."""
+    """End this run when its parent is no longer running (cancelled, crashed, failed, deleted)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -194,18 +212,15 @@ def _watch_parent(parent_id: str) -> None:
         with get_client(sync_client=True) as client:
             while True:
                 time.sleep(WATCH_PARENT_S)
-                try:
-                    state = client.read_flow_run(UUID(parent_id)).state
-                except Exception:  # noqa: BLE001 - the server is briefly unreachable: look again
-                    continue
-                if state is not None and (state.is_final() or state.is_cancelling()):
+                why = parent_gone(lambda: client.read_flow_run(UUID(parent_id)).state)
+                if why is not None:
                     try:
                         from prefect.states import Cancelled
 
                         client.set_flow_run_state(UUID(str(flow_run.id)), Cancelled(
-                            message=f"parent flow run {parent_id} is {state.name}"), force=True)
+                            message=f"parent flow run {parent_id} is {why}"), force=True)
                     finally:
-                        print(f"parent flow run {parent_id} is {state.name}: ending this GPU stage", flush=True)
+                        print(f"parent flow run {parent_id} is {why}: ending this GPU stage", flush=True)
                         end_process_tree()
 
     threading.Thread(target=loop, name="llamaduo-watch-parent", daemon=True).start()

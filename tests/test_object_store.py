@@ -356,3 +356,23 @@ def test_a_file_url_run_directory_keeps_its_results_beside_it(tmp_path):
     storage = _storage_at(results_location(root))
     storage.write_path("probe.json", b"{}")
     assert (tmp_path / "store" / "run" / ".prefect" / "results" / "probe.json").read_bytes() == b"{}"
+
+
+def test_a_gpu_stage_whose_parent_was_deleted_stops():
+    """A 404 for the parent flow run was taken for "server briefly unreachable": 59 polls in 3 s, forever."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Cancelled, Running
+
+    from flows.gpu import parent_gone
+
+    def deleted():
+        raise ObjectNotFound(http_exc=Exception("404"))
+
+    def unreachable():
+        raise ConnectionError("refused")
+
+    assert parent_gone(deleted) == "deleted"
+    assert parent_gone(unreachable) is None  # look again
+    assert parent_gone(lambda: Running()) is None
+    assert parent_gone(lambda: Cancelled()) == "Cancelled" and Cancelled().type == StateType.CANCELLED
