@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     from llamaduo.runstore import RunStore
     from llamaduo.store import lock_run_dir
 
-    store = run_lock = None
+    from llamaduo.lease import take_lease
+
+    store = run_lock = run_lease = None
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command == "run":  # a folder, or a URL (s3://bucket/prefix): stages work in a scratch copy
@@ -136,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             # Taken before the probe writes into the directory, held until this process ends (and
             # by the flow child it hands it to): a second run on the directory exits 2 here.
             run_lock = lock_run_dir(store.local)
+            run_lease = take_lease(store)  # S3: the same lock across machines (None elsewhere)
             pf.probe = probe_run_dir(cfg, pf.splits, store.location)
     except InputError as exc:
+        if run_lease is not None:
+            run_lease.release()
         print(redact(f"error: {exc}"), file=sys.stderr)  # Hub and provider errors may echo a key
         return EXIT_INPUT
     print(plan(cfg, pf))
@@ -157,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         with run_lock:
             code = _supervise(cfg, store, pf.probe, run_lock)
     finally:
+        if run_lease is not None:
+            run_lease.release()
         if server is not None:
             server.stop()
     if store.remote and code in (EXIT_PASSED, EXIT_NOT_PASSED, EXIT_SERVICE_FAILING):

@@ -199,15 +199,24 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
     workdir = workdir or str(Path("runs") / cfg.name)
     if (run_store := _operator_setting(project, "llamaduo_run_store")) is not None:
         workdir = f"{str(run_store).rstrip('/')}/{Path(workdir).as_posix()}"  # the operator's bucket, this run's prefix
+        from llamaduo.location import is_within
+
+        if not is_within(workdir, str(run_store)):  # `../other` resolved: not under the operator's store
+            raise InputError(f"must be under the operator's run store {run_store}", field="workdir")
     if (gpu := _operator_setting(project, "llamaduo_gpu_deployment")) is not None:
         os.environ[GPU_DEPLOYMENT_ENV] = str(gpu)  # GPU stages on the operator's GPU pool
     store = RunStore(workdir)
     # Taken before the paid probe (as the CLI does): two runs on one directory never both pay for it.
     run_lock = lock_run_dir(store.local)  # noqa: F841 - held by this process; `migrate` finds it held
-    pf = preflight(cfg, store.location)
-    for w in pf.warnings:
-        get_run_logger().warning(w)
-    return run_migration(cfg, store.location, pf.probe)
+    from contextlib import nullcontext
+
+    from llamaduo.lease import take_lease
+
+    with take_lease(store) or nullcontext():  # S3: held across machines (two workers of one pool)
+        pf = preflight(cfg, store.location)
+        for w in pf.warnings:
+            get_run_logger().warning(w)
+        return run_migration(cfg, store.location, pf.probe)
 
 
 def run_migration(cfg: RunConfig, workdir: str, probe: ServiceStats | None = None) -> MigrationResult:

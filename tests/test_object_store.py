@@ -376,3 +376,47 @@ def test_a_gpu_stage_whose_parent_was_deleted_stops():
     assert parent_gone(unreachable) is None  # look again
     assert parent_gone(lambda: Running()) is None
     assert parent_gone(lambda: Cancelled()) == "Cancelled" and Cancelled().type == StateType.CANCELLED
+
+
+# -- issue 28, point 2: one lock per run location that holds across machines (a lease in the store) --------
+def test_one_run_directory_on_s3_is_held_by_one_machine_whatever_the_spelling(s3, tmp_path, monkeypatch):
+    """The lock was an flock on this machine's scratch copy named by the URL string: `STORE//run`,
+    `STORE/./run`, or a second worker (another scratch dir) all got it, and both paid."""
+    from llamaduo.lease import LEASE_TOKEN_ENV, take_lease
+    from llamaduo.store import RunDirBusy
+
+    monkeypatch.delenv(LEASE_TOKEN_ENV, raising=False)
+    url = f"s3://{BUCKET}/lease/{tmp_path.name}"
+    monkeypatch.setenv("LLAMADUO_SCRATCH", str(tmp_path / "machine-a"))
+    held = take_lease(_store(url), "llamaduo run a.yaml")
+    assert held is not None
+    monkeypatch.delenv(LEASE_TOKEN_ENV)  # another machine: not this process's child
+    monkeypatch.setenv("LLAMADUO_SCRATCH", str(tmp_path / "machine-b"))
+    for spelling in (url, url.replace("/lease/", "/lease//"), url.replace("/lease/", "/lease/./"), url + "/"):
+        with pytest.raises(RunDirBusy, match="in use by another run"):
+            take_lease(_store(spelling))
+    held.release()
+    second = take_lease(_store(url))
+    assert second is not None
+    second.release()
+
+
+def test_a_lease_whose_holder_died_expires_and_a_live_one_is_renewed(s3, tmp_path, monkeypatch):
+    import time
+
+    from llamaduo.lease import LEASE_TOKEN_ENV, take_lease
+    from llamaduo.store import RunDirBusy
+
+    monkeypatch.delenv(LEASE_TOKEN_ENV, raising=False)
+    url = f"s3://{BUCKET}/lease-ttl/{tmp_path.name}"
+    live = take_lease(_store(url), ttl_s=1.0, renew_s=0.2)
+    monkeypatch.delenv(LEASE_TOKEN_ENV)
+    time.sleep(1.5)  # renewed meanwhile: still held
+    with pytest.raises(RunDirBusy):
+        take_lease(_store(url), ttl_s=1.0)
+    live._stop.set()  # the holder dies: no more heartbeats, no release
+    time.sleep(1.3)
+    taker = take_lease(_store(url), ttl_s=1.0, renew_s=0.2)
+    assert taker is not None and not taker.lost
+    time.sleep(0.5)
+    taker.release()
