@@ -29,8 +29,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from .markdown import Raw, code_span, escape_inline, fenced, table
 from .metrics import METRICS
-from .records import (BreakEven, CategoryQuality, Decision, DecisionCost, DecisionLatency, QualityStats,
+from .records import (BreakEven, CategoryQuality, Decision, DecisionCost, DecisionLatency, FormatRow, QualityStats,
                       ServiceLatency, Summary)
 from .stats import bootstrap_ci, share_at_least
 
@@ -204,7 +205,7 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
                    categories: dict[str, str | None], service_endpoint: "Endpoint",
                    student_latency=None, student_latency_note: str = "", service_records: list[dict] | None = None,
                    usd_per_hour: float | None = None, min_agreement: float | None = None,
-                   port: int = 8000) -> Decision:
+                   port: int = 8000, formats: list[FormatRow] | None = None) -> Decision:
     """The decision from typed inputs. `judged`: judged rows per `student` (exported round),
     `service` (service baseline) and `base` (round 0), each present when it ran;
     `categories`: test item id -> category; `student_latency`: `LatencyStats` measured through
@@ -319,6 +320,10 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
                         usd_per_hour=usd_per_hour, throughput_rps=throughput, service_spend_usd=spend,
                         service_spend_basis=spend_how, training_hours=round(hours, 6), training_usd=training_usd,
                         migration_usd=migration, notes=cost_notes)
+    formats = priced_formats(formats or [], student_latency, usd_per_hour)
+    held = [f.name for f in formats if not f.ship]
+    if held:
+        reasons.append(f"do not ship: {', '.join(held)} (below the gate on their own answers, or not judged)")
     model_id, lines = _swap_in(summary.name, port)
     return Decision(
         name=summary.name, verdict=verdict, verdict_line=verdict_line, reasons=reasons, calibrated=cal is not None,
@@ -332,7 +337,26 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
                "durations_s": _durations(summary)},
         endpoint={"command": f"llamaduo serve RUN_DIR --port {port}", "base_url": lines[0], "model": lines[1],
                   "model_id": model_id},
-        standin=standin, exported_round=summary.exported_round, stop_reason=summary.stop_reason)
+        standin=standin, exported_round=summary.exported_round, stop_reason=summary.stop_reason, formats=formats)
+
+
+def priced_formats(formats: list[FormatRow], student_latency, usd_per_hour: float | None) -> list[FormatRow]:
+    """`merged/` is what `llamaduo serve` served when the student was measured: its row takes that
+    latency and throughput; a format timed one request at a time serves 1/mean-latency requests per second.
+    Cost per 1,000 requests = the hourly rate / that throughput."""
+    out = []
+    for f in formats:
+        update: dict = {}
+        rps = None
+        if f.name == "merged" and student_latency is not None:
+            update = dict(latency_p50_s=student_latency.p50_s, latency_p95_s=student_latency.p95_s,
+                          engine=f"{f.engine}; served by llamaduo serve ({student_latency.backend})")
+            rps = student_latency.throughput_rps
+        elif f.latency_p50_s:
+            rps = 1 / f.latency_p50_s
+        update["usd_per_1k"] = student_usd_per_1k(usd_per_hour, rps)
+        out.append(f.model_copy(update=update))
+    return out
 
 
 def _swap_in(name: str, port: int) -> tuple[str, list[str]]:
@@ -377,20 +401,23 @@ def _s(v: float | None) -> str:
 def render_markdown(d: Decision, *, plot: str | None = None) -> str:
     """decision.md: verdict first, then quality per category, calibration, latency, cost,
     break-even, the worst items, what was spent and how an application switches."""
-    L = [f"# Decision: {d.name}", "", f"**Verdict: {d.verdict_line}**", ""]
-    L += [f"- {r}" for r in d.reasons] + [""]
+    L = [f"# Decision: {escape_inline(d.name)}", "", f"**Verdict: {escape_inline(d.verdict_line)}**", ""]
+    L += [f"- {escape_inline(r)}" for r in d.reasons] + [""]
     who = [w for w in (STUDENT, SERVICE, BASE) if w in d.overall]
-    L += [f"## Quality per category ({d.metric}; pass = item >= {d.pass_score:g}; ready = mean >= {d.threshold:g})",
-          "", "| category | n | " + " | ".join(f"{WHO[w]} mean [95% CI] | {WHO[w]} pass" for w in who) + " | ready |",
-          "|---|---:|" + "---|---:|" * len(who) + "---|"]
+    L += [f"## Quality per category ({escape_inline(d.metric)}; pass = item >= {d.pass_score:g}; "
+          f"ready = mean >= {d.threshold:g})", ""]
+    quality_rows = []
     for cq in d.quality:
         qs = [getattr(cq, w) for w in who]
         n = (cq.student.n if cq.student else max((q.n for q in qs if q), default=0))
-        L.append(f"| {cq.category} | {n} | " + " | ".join(f"{_q(q)} | {_rate(q)}" for q in qs) +
-                 f" | {'yes' if cq.category in d.ready_categories else 'no'} |")
+        quality_rows.append([cq.category, n, *[Raw(x) for q in qs for x in (_q(q), _rate(q))],
+                             "yes" if cq.category in d.ready_categories else "no"])
     st = d.overall.get(STUDENT)
-    L.append(f"| **all** | {st.n if st else 0} | " + " | ".join(f"{_q(d.overall[w])} | {_rate(d.overall[w])}"
-                                                                for w in who) + " | |")
+    quality_rows.append([Raw("**all**"), st.n if st else 0,
+                         *[Raw(x) for w in who for x in (_q(d.overall[w]), _rate(d.overall[w]))], ""])
+    L += table(["category", "n", *[h for w in who for h in (f"{WHO[w]} mean [95% CI]", f"{WHO[w]} pass")], "ready"],
+               quality_rows, align="lr" + "lr" * len(who) + "l")
+    L += _formats_section(d)
     L += ["", "## Judge calibration", ""]
     cal = d.calibration
     if cal is None:
@@ -401,56 +428,59 @@ def render_markdown(d: Decision, *, plot: str | None = None) -> str:
         L.append(_calibration_line(cal))
         worst = [r for r in (cal.get("worst") or [])[:3] if isinstance(r, dict)]
         if worst:
-            L += ["", "Rows the judge ranks farthest from people:", "", "| line | people | judge | candidate |",
-                  "|---:|---:|---:|---|"]
-            for r in worst:
-                people = r.get("human_score") if r.get("human_score") is not None else r.get("human_pass")
-                L.append(f"| {r.get('line', '')} | {people} | {_num(r.get('judge_score'))} | "
-                         f"{_cell(_short(r.get('candidate')))} |")
-    L += ["", "## Latency", "", "| | p50 | p95 | throughput | measured on |", "|---|---:|---:|---:|---|"]
+            L += ["", "Rows the judge ranks farthest from the ratings:", ""]
+            L += table(["line", "rating", "judge", "candidate"],
+                       [[r.get("line", ""), r.get("human_score") if r.get("human_score") is not None
+                         else r.get("human_pass"), _num(r.get("judge_score")), _short(r.get("candidate"))]
+                        for r in worst], align="rrrl")
+    L += ["", "## Latency", ""]
+    latency_rows = []
     s = d.latency.student
     if s is not None:
-        L.append(f"| student (`llamaduo serve`) | {_s(s.p50_s)} | {_s(s.p95_s)} | {s.throughput_rps:.3g} req/s at "
-                 f"{s.concurrency} concurrent | {s.hardware} ({s.backend}) |")
+        latency_rows.append([Raw("student (`llamaduo serve`)"), _s(s.p50_s), _s(s.p95_s),
+                             f"{s.throughput_rps:.3g} req/s at {s.concurrency} concurrent",
+                             f"{s.hardware} ({s.backend})"])
     else:
-        L.append(f"| student | – | – | – | not measured: {d.latency.student_note or 'no exported model'} |")
+        latency_rows.append(["student", "–", "–", "–", f"not measured: {d.latency.student_note or 'no exported model'}"])
     v = d.latency.service
     label = "service LLM (stand-in)" if d.standin else "service LLM"
     if v is not None:
-        L.append(f"| {label} | {_s(v.p50_s)} | {_s(v.p95_s)} | – | {v.timed} of {v.records} recorded baseline "
-                 f"calls; {v.prompt_tokens_mean:.1f} tokens in, {v.completion_tokens_mean:.1f} out per request |")
+        latency_rows.append([label, _s(v.p50_s), _s(v.p95_s), "–", f"{v.timed} of {v.records} recorded baseline "
+                             f"calls; {v.prompt_tokens_mean:.1f} tokens in, {v.completion_tokens_mean:.1f} out per "
+                             "request"])
     else:
-        L.append(f"| {label} | – | – | – | no recorded service baseline calls (judge.service_baseline: true) |")
+        latency_rows.append([label, "–", "–", "–", "no recorded service baseline calls (judge.service_baseline: true)"])
+    L += table(["", "p50", "p95", "throughput", "measured on"], latency_rows, align="lrrrl")
     if s is not None and s.endpoint_note:
-        L += ["", f"Student: {s.endpoint_note}."]
+        L += ["", f"Student: {escape_inline(s.endpoint_note, keep=['`llamaduo serve`'])}."]
     if d.standin:
         L += ["", "The service's latency is the stand-in's (a local function, not a network service)."]
     c = d.cost
-    L += ["", "## Cost per 1,000 requests", "", "| | per 1,000 requests | how |", "|---|---:|---|",
-          f"| service LLM{' (stand-in)' if d.standin else ''} | {usd(c.service_per_1k_usd)} | {c.service_pricing} |"]
+    cost_rows = [[f"service LLM{' (stand-in)' if d.standin else ''}", usd(c.service_per_1k_usd), c.service_pricing]]
     if c.student_per_1k_usd is not None:
-        L.append(f"| student | {usd(c.student_per_1k_usd)} | decision.usd_per_hour {usd(c.usd_per_hour)} / "
-                 f"({c.throughput_rps:.3g} req/s x 3600) x 1000 |")
+        cost_rows.append(["student", usd(c.student_per_1k_usd), f"decision.usd_per_hour {usd(c.usd_per_hour)} / "
+                          f"({c.throughput_rps:.3g} req/s x 3600) x 1000"])
     else:
-        L.append(f"| student | – | {'; '.join(c.notes) or 'not computed'} |")
+        cost_rows.append(["student", "–", Raw("; ".join(escape_inline(n, keep=[RATE_HINT]) for n in c.notes)
+                                               or "not computed")])
+    L += ["", "## Cost per 1,000 requests", ""] + table(["", "per 1,000 requests", "how"], cost_rows, align="lrl")
     L += ["", "## Break-even", ""]
     if c.migration_usd is not None:
         L.append(f"Migration cost {usd(c.migration_usd)}: service spend {usd(c.service_spend_usd)} "
-                 f"({c.service_spend_basis}) + {c.training_hours:.3g} training hours x {usd(c.usd_per_hour)}/h.")
+                 f"({escape_inline(c.service_spend_basis)}) + {c.training_hours:.3g} training hours x "
+                 f"{usd(c.usd_per_hour)}/h.")
     else:
         L.append(f"Migration cost not computed: {RATE_HINT} (service spend so far {usd(c.service_spend_usd)}, "
                  f"{c.training_hours:.3g} training hours).")
     be = d.break_even
-    L += ["", (f"**Break-even after {_requests(be.requests)} requests** ({be.note})." if be.requests is not None
-               else f"**Break-even: {'never' if be.never else 'not computed'}** — {be.note}.")]
+    L += ["", (f"**Break-even after {_requests(be.requests)} requests** ({escape_inline(be.note)})."
+               if be.requests is not None
+               else f"**Break-even: {'never' if be.never else 'not computed'}** — {escape_inline(be.note)}.")]
     if d.worst_items:
-        L += ["", f"## Worst items (student, {d.metric})", "",
-              "| category | value | instruction | answer | reference |",
-              "|---|---:|---|---|---|"]
-        for w in d.worst_items:
-            val = "not judged" if w["value"] is None else f"{w['value']:.3g}"
-            L.append(f"| {w['category']} | {val} | {_cell(w['instruction'])} | {_cell(w['answer'])} | "
-                     f"{_cell(w['reference'])} |")
+        L += ["", f"## Worst items (student, {escape_inline(d.metric)})", ""]
+        L += table(["category", "value", "instruction", "answer", "reference"],
+                   [[w["category"], "not judged" if w["value"] is None else f"{w['value']:.3g}", w["instruction"],
+                     w["answer"], w["reference"]] for w in d.worst_items], align="lrlll")
     sv = d.spent["service"]
     L += ["", "## What was spent", "",
           f"- service LLM: {sv['calls']} calls ({sv['cached']} cached, {sv['failed']} failed, {sv['retries']} "
@@ -461,13 +491,35 @@ def render_markdown(d: Decision, *, plot: str | None = None) -> str:
                               or "none")]
     L += ["", "## Switching an application", ""]
     if d.exported_round is not None:
-        L += [f"Serve the exported model: `{d.endpoint['command']}`, then change two lines:", "", "```python",
-              d.endpoint["base_url"], d.endpoint["model"], "```"]
+        L += [f"Serve the exported model: {code_span(d.endpoint['command'])}, then change two lines:", ""]
+        L += fenced("\n".join((d.endpoint["base_url"], d.endpoint["model"])), "python")
     else:
         L.append("No model was exported.")
     if plot:
         L += ["", f"![metrics per round]({plot})"]
     return "\n".join(L) + "\n"
+
+
+def _formats_section(d: Decision) -> list[str]:
+    """One row per shipped format: its own answers judged, parity with the evaluated adapter, identical
+    greedy answers, size, latency on the engine that answered, cost; below the gate = do not ship."""
+    if not d.formats:
+        return []
+    rows = []
+    for f in d.formats:
+        parity = "–" if f.parity is None else f"{f.parity:+.3g}" + (
+            f" [{f.parity_ci95[0]:+.3g}, {f.parity_ci95[1]:+.3g}]" if f.parity_ci95 else "")
+        rows.append([Raw(code_span(f.name)), Raw(_q(f.quality)), parity,
+                     "–" if f.identical_share is None else f"{f.identical_share:.0%}", _bytes(f.bytes),
+                     _s(f.latency_p50_s), _s(f.latency_p95_s), usd(f.usd_per_1k), f.engine,
+                     Raw("**ship**") if f.ship else Raw("**do not ship**: " + escape_inline(f.reason))])
+    return ["", f"## Formats (each judged on the test split by the same judge, {escape_inline(d.metric)})", ""] + table(
+        ["format", "mean [95% CI]", "parity vs adapter", "identical answers", "size", "p50", "p95",
+         "per 1,000 requests", "answered by", "ship?"], rows, align="llrrrrrrll")
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def _num(v) -> str:
@@ -477,10 +529,6 @@ def _num(v) -> str:
 def _short(t, width: int = 100) -> str:
     t = " ".join(str(t or "").split())
     return t if len(t) <= width else t[:width - 1] + "…"
-
-
-def _cell(t: str) -> str:
-    return t.replace("|", "\\|")
 
 
 def _calibration_line(cal: dict) -> str:

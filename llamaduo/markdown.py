@@ -5,7 +5,7 @@ A category holding `|` and a newline forged a table row; an instruction with
 `![x](https://attacker.example/pixel.png)` or `<img>` loaded an image in the reviewer's browser; an
 answer `<script>…</script>` went into the page as HTML. Escaped text renders as the characters it
 holds: line breaks become spaces (a value is one line of a paragraph or one table cell), and
-markdown's punctuation is backslash-escaped (CommonMark: any escaped ASCII punctuation is literal),
+markdown's active punctuation is backslash-escaped (CommonMark: any escaped ASCII punctuation is literal),
 so no table cell, link, image, HTML tag, entity or code span can start inside a value.
 
 `Raw` marks markdown this code wrote (bold numbers, `code` hints): `table` and `escape_inline`
@@ -18,9 +18,12 @@ import re
 from typing import Iterable, Sequence
 
 _LINE_BREAKS = re.compile(r"[\r\n\v\f\x85\u2028\u2029]+")
-# `\` first of all; `|` cells, `[ ] ( )` links, `!` images, `< >` HTML and autolinks, `&` entities,
-# backticks code spans, `* _ ~` emphasis, `#` headings, `=`/`-`/`+` at a line start never happen (one line).
-_PUNCTUATION = re.compile(r"([\\`*_~\[\]()!|<>&#])")
+# `\` itself; `|` cells, `[ ]` links (a `(` after text is just text), `!` images, `< >` HTML and
+# autolinks, `&` entities, backticks code spans, `* ~` emphasis and strike-through (a value shows as
+# the characters it holds, never as a forged **verdict**), `#` headings. `( ) . -` stay as they are.
+_PUNCTUATION = re.compile(r"([\\`*~\[\]!|<>&#])")
+# `_` only emphasises at a word's edge: judge_score stays readable, _x_ is escaped.
+_EDGE_UNDERSCORES = re.compile(r"(?<![^\W_])_+|_+(?![^\W_])")
 
 
 class Raw(str):
@@ -37,7 +40,8 @@ def escape_inline(value: object, *, keep: Iterable[str] = ()) -> str:
         if fragment and fragment in text:
             return fragment.join(escape_inline(part, keep=[k for k in keep if k != fragment])
                                  for part in text.split(fragment))
-    return _PUNCTUATION.sub(r"\\\1", _LINE_BREAKS.sub(" ", text))
+    text = _PUNCTUATION.sub(r"\\\1", _LINE_BREAKS.sub(" ", text))
+    return _EDGE_UNDERSCORES.sub(lambda m: "\\_" * len(m.group()), text)
 
 
 def escape_cell(value: object) -> str:
@@ -59,6 +63,16 @@ def table(headers: Sequence[object], rows: Iterable[Sequence[object]], *, align:
             raise ValueError(f"a row of {len(row)} cells under {width} headers")
         lines.append("| " + " | ".join(escape_cell(c) for c in row + [""] * (width - len(row))) + " |")
     return lines
+
+
+def code_span(text: str) -> str:
+    """`text` as inline code, literal (outside a table: a pipe in a code span still splits a cell):
+    delimited by more backticks than any run in it, on one line."""
+    text = _LINE_BREAKS.sub(" ", text)
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
 
 
 def fenced(text: str, info: str = "") -> list[str]:

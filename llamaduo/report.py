@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .markdown import escape_inline, table
 from .metrics import JUDGE_CURVES, METRIC_NAMES
 from .records import RoundRecord
 from .store import atomic_write_bytes
@@ -28,11 +29,12 @@ def round_markdown(entry: RoundRecord, previous: RoundRecord | None, baselines: 
     m, g, sv = entry.metrics, entry.gate, entry.service
     lines = [f"# Round {entry.round}: {'PASS' if g.passed else 'fail'}", ""]
     if teacher_note:
-        lines += [f"> {teacher_note}", ""]
+        lines += [f"> {escape_inline(teacher_note)}", ""]
     ev = entry.evaluation
     lines += ["## What changed", "",
               f"- training rows: **{entry.train_rows}** (+{entry.synthetic_rows_added} curated synthetic rows)",
-              f"- dropped in curation: {', '.join(f'{k} {v}' for k, v in sorted(entry.dropped.items())) or 'none'}",
+              "- dropped in curation: "
+              + escape_inline(', '.join(f'{k} {v}' for k, v in sorted(entry.dropped.items())) or 'none'),
               f"- service: {sv.calls} calls ({sv.cached} cached, {sv.failed} failed, {sv.retries} retries), "
               f"${sv.cost_usd:.4f}",
               f"- judged: {ev.judged_items} of {ev.items} test items; {ev.valid_judgments} of "
@@ -43,13 +45,13 @@ def round_markdown(entry: RoundRecord, previous: RoundRecord | None, baselines: 
         lines.append(f"- validation: {v.judged_items} of {v.items} items judged; {v.valid_judgments} of "
                      f"{v.requested_judgments} judgements valid")
     if entry.selection_split:
-        lines.append(f"- keep-best and plateau compare rounds on the **{entry.selection_split}** split"
+        lines.append(f"- keep-best and plateau compare rounds on the **{escape_inline(entry.selection_split)}** split"
                      + (" (no validation split: the test split also chooses)" if entry.selection_split == "test"
                         else f" ({len(entry.selection_items)} items)"))
     lines.append("")
     cols = ["this round"] + (["validation"] if entry.val_metrics else []) + (["previous"] if previous else []) + \
         list(baselines)
-    lines += ["## Metrics (test split)", "", "| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    metric_rows = []
     for k in METRIC_NAMES:
         if k not in m and not any(k in b for b in baselines.values()):
             continue
@@ -59,14 +61,14 @@ def round_markdown(entry: RoundRecord, previous: RoundRecord | None, baselines: 
         if previous:
             row.append(_fmt(previous.metrics.get(k)))
         row += [_fmt(b.get(k)) for b in baselines.values()]
-        lines.append(f"| {k} | " + " | ".join(row) + " |")
+        metric_rows.append([k] + row)
+    lines += ["## Metrics (test split)", ""] + table(["metric"] + cols, metric_rows)
     if entry.parity:
         lines += ["", "Parity (student / service LLM): " +
-                  ", ".join(f"{k} {v:.3f}" for k, v in sorted(entry.parity.items()))]
-    lines += ["", "## Gate", "", f"**{'passed' if g.passed else 'not passed'}** — {g.reason}",
-              "", "| criterion | value | threshold | ok |", "|---|---|---|---|"]
-    for c in g.criteria:
-        lines.append(f"| {c.name} | {_fmt(c.value)} | {c.threshold:g} | {'yes' if c.passed else 'no'} |")
+                  escape_inline(", ".join(f"{k} {v:.3f}" for k, v in sorted(entry.parity.items())))]
+    lines += ["", "## Gate", "", f"**{'passed' if g.passed else 'not passed'}** — {escape_inline(g.reason)}", ""]
+    lines += table(["criterion", "value", "threshold", "ok"],
+                   [[c.name, _fmt(c.value), f"{c.threshold:g}", "yes" if c.passed else "no"] for c in g.criteria])
     if plot:
         lines += ["", f"![metrics per round]({plot})"]
     return "\n".join(lines) + "\n"

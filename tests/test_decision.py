@@ -19,6 +19,7 @@ from llamaduo.config import Endpoint, GateConfig, InferConfig, ServiceConfig
 from llamaduo.decision import (NOT_CALIBRATED, UNCATEGORISED, VERDICT_NOT_YET, VERDICT_PARTIAL, VERDICT_REPLACE,
                                break_even, build_decision, percentile, render_markdown, service_latency,
                                student_usd_per_1k, usd, write_decision)
+from llamaduo.markdown import escape_inline
 from llamaduo.records import (Artifact, Calibration, Criterion, Decision, GateDecision, LatencyStats, RoundRecord,
                               ServiceStats, Summary)
 
@@ -95,7 +96,7 @@ def test_replace_when_the_gate_passed_and_every_category_is_ready():
     assert d.verdict == VERDICT_REPLACE and d.ready_categories == ["billing", "shipping"] and not d.not_ready_categories
     assert d.verdict_line.startswith("replace — judge calibrated against people: Kendall τ 0.62 [0.41, 0.80]")
     md = render_markdown(d)
-    assert md.splitlines()[2] == f"**Verdict: {d.verdict_line}**", "the verdict comes first"
+    assert md.splitlines()[2] == f"**Verdict: {escape_inline(d.verdict_line)}**", "the verdict comes first"
 
 
 def test_replace_for_the_ready_categories_names_the_others():
@@ -416,3 +417,19 @@ def test_cli_run_writes_the_decision_page(tmp_path, tiny_model_dir):
     md = (work / "decision.md").read_text()
     assert md.splitlines()[2].startswith("**Verdict: ") and "## Quality per category" in md
     assert "decision" in prefect_artifacts(env)["keys"]
+
+
+# -- data cannot forge the page (issue 28, point 12) ------------------------------------------------------
+def test_data_in_the_page_is_escaped_no_forged_row_no_image_no_html():
+    markdown_it = pytest.importorskip("markdown_it")
+    forged = "returns | 8 | 97 [95, 99] | 100% | yes\n| forged"
+    judged = rows({forged: [80, 90], "billing": [40]})
+    judged[0]["instruction"] = "hi ![x](https://attacker.example/pixel.png) <img src=x onerror=alert(1)>"
+    judged[2]["answer"] = "<script>alert('x')</script> [click](javascript:alert(1))"
+    d = build_decision(summary=summary(cal=calibration()), gate=GATE, judged={"student": judged}, categories={},
+                       service_endpoint=PRICED, student_latency=LATENCY, usd_per_hour=3.6)
+    page = markdown_it.MarkdownIt("commonmark").enable("table").render(render_markdown(d))
+    assert "<img" not in page and "<script" not in page and "<a " not in page, page
+    assert page.count("<td>forged") == 0 and page.count("<tr>") == sum(
+        1 for line in render_markdown(d).splitlines() if line.startswith("|") and not line.startswith("|---"))
+    assert "returns | 8 | 97 [95, 99] | 100% | yes | forged" in page, "the category shows as what it is"

@@ -47,3 +47,19 @@ def test_round_report_inlines_the_plot_for_the_ui_and_links_the_file(tmp_path):
     on_disk = (tmp_path / "rounds/round_02/report.md").read_text()
     assert "![metrics per round](../../report/metrics.png)" in on_disk and "base64" not in on_disk
     assert items == [] and (tmp_path / "report/metrics.png").is_file()
+
+
+def test_values_in_the_round_report_cannot_forge_rows_or_load_anything():
+    """Issue 28, point 12: the round report goes through the one markdown module like the decision page."""
+    import pytest
+
+    markdown_it = pytest.importorskip("markdown_it")
+    gate = ENTRY.gate.model_dump()
+    gate["reason"] = "![x](https://attacker.example/pixel.png) <script>x</script>"
+    gate["criteria"][0]["name"] = "judge_score mean | 1 | 2 | yes |\n| forged"
+    forged = RoundRecord.model_validate({**ENTRY.model_dump(), "dropped": {"dup | 9\n| forged": 1}, "gate": gate})
+    md = round_markdown(forged, PREV, {"base <img src=x>": {"judge_score": 20.0}}, plot="metrics.png",
+                        teacher_note="<b>stand-in</b>")
+    page = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
+    assert "<script" not in page and "<b>" not in page and page.count("<img") == 1, "only the plot"
+    assert "<td>forged" not in page and "<th>base &lt;img src=x&gt;</th>" in page
