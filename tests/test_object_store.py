@@ -409,14 +409,14 @@ def test_a_lease_whose_holder_died_expires_and_a_live_one_is_renewed(s3, tmp_pat
 
     monkeypatch.delenv(LEASE_TOKEN_ENV, raising=False)
     url = f"s3://{BUCKET}/lease-ttl/{tmp_path.name}"
-    live = take_lease(_store(url), ttl_s=1.0, renew_s=0.2)
+    live = take_lease(_store(url), ttl_s=0.6, renew_s=0.15)
     monkeypatch.delenv(LEASE_TOKEN_ENV)
-    time.sleep(1.5)  # renewed meanwhile: still held
+    time.sleep(0.9)  # renewed meanwhile: still held
     with pytest.raises(RunDirBusy):
-        take_lease(_store(url), ttl_s=1.0)
+        take_lease(_store(url), ttl_s=0.6)
     live._stop.set()  # the holder dies: no more heartbeats, no release
-    time.sleep(1.3)
-    taker = take_lease(_store(url), ttl_s=1.0, renew_s=0.2)
+    time.sleep(0.8)
+    taker = take_lease(_store(url), ttl_s=0.6, renew_s=0.15)
     assert taker is not None and not taker.lost
-    time.sleep(0.5)
+    time.sleep(0.3)
     taker.release()
