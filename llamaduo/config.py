@@ -378,6 +378,35 @@ class DecisionConfig(_Section):
                                        json_schema_extra=OPERATIONAL)
 
 
+class ExportConfig(_Section):
+    dtype: Literal["bfloat16", "float16"] = Field("bfloat16", description="16-bit type of `final_model/merged/` "
+                                                  "(bfloat16: what QLoRA trains in and what small models ship in).")
+    gguf: list[Literal["f16", "bf16", "q8_0", "q4_k_m"]] = Field(
+        default_factory=lambda: ["q8_0"], description="GGUF types written to `final_model/gguf/` with llama.cpp's "
+        "converter (f16, bf16, q8_0; q4_k_m also needs llama.cpp's `llama-quantize`); [] = no GGUF. Each is "
+        "judged on the test split before it ships.")
+    hub_id: str | None = Field(None, description="The student's Hub id that `adapter/adapter_config.json` names as "
+                               "its base (default: the student's own id when it is one; SmolLM2's for the offline "
+                               "student).")
+    push_to_hub: str | None = Field(None, description="Hub repo id (`org/name`) to push `final_model/` to after "
+                                    "the run; token from HF_TOKEN; null = no push.", json_schema_extra=OPERATIONAL)
+    hub_private: bool = Field(True, description="Create the Hub repo private.", json_schema_extra=OPERATIONAL)
+
+    @field_validator("gguf")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("lists a GGUF type twice")
+        return v
+
+    @field_validator("push_to_hub", "hub_id")
+    @classmethod
+    def _repo_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", v):
+            raise ValueError("must be a Hub repo id: org/name")
+        return v
+
+
 class RunConfig(_Section):
     name: str = Field("migration", description="Run name (flow run names, model card, the default run "
                       "directory runs/<name>): letters, digits, '.', '_', '-', at most 64, no '..'.")
@@ -392,6 +421,7 @@ class RunConfig(_Section):
     gate: GateConfig = GateConfig()
     budget: BudgetConfig = BudgetConfig()
     decision: DecisionConfig = DecisionConfig()
+    export: ExportConfig = ExportConfig()
 
     @field_validator("name")
     @classmethod
