@@ -8,13 +8,17 @@ The loaders below (`load_judged`, `service_call_records`) and `write_decision` a
 Verdict rules (the page states which applied):
 - a judge that disagrees with people's ratings (stop `judge_disagrees`), no exported model, or
   an exported round that could not be evaluated (too few valid judgements): **not yet**;
-- a category is *ready* when the student's mean of `gate.metric` on it reaches `gate.threshold`
-  (and, with `gate.min_share`, its pass rate reaches that share);
+- a category is *ready* when the 95% interval of the student's mean of `gate.metric` on it has its
+  lower bound at or above `gate.threshold`, on at least MIN_CATEGORY_ITEMS test items (and, with
+  `gate.min_share`, its pass rate reaches that share); one whose mean reaches the threshold without
+  that is *undecided*, and the page says about how many more test items would decide it
+  (n ≈ (1.96·sd / (mean − threshold))², at least MIN_CATEGORY_ITEMS);
 - the exported round passed its gate and every category is ready: **replace**; some are:
   **replace for categories A, B (not: C)**; none: not yet;
 - the exported round did not pass its gate: with two or more categories of which some are
   ready, **replace for categories …** (those reach the gate on their own); otherwise not yet.
-Without a calibration set the verdict's first line says "judge not calibrated".
+Without a calibration set the verdict's first line says "judge not calibrated"; with one it says
+"calibrated against people" only when the ratings are people's (`rated_by`), else what they are.
 
 Money: service cost per request = measured mean tokens in/out x the endpoint's prices; student
 cost per request = decision.usd_per_hour / (measured throughput x 3600); migration cost = this
@@ -41,6 +45,9 @@ if TYPE_CHECKING:
 VERDICT_REPLACE = "replace"
 VERDICT_PARTIAL = "replace for categories"
 VERDICT_NOT_YET = "not yet"
+UNDECIDED = "undecided"
+MIN_CATEGORY_ITEMS = 10  # below this a category's interval is too wide to sign (n = 5 gave [40.6, 100])
+Z95 = 1.96
 UNCATEGORISED = "uncategorised"
 STUDENT, SERVICE, BASE = "student", "service", "base"
 WHO = {STUDENT: "student", SERVICE: "service LLM", BASE: "base student"}
@@ -66,12 +73,35 @@ def percentile(values: Iterable[float], q: float) -> float:
 
 
 def quality_stats(values: list[float], pass_score: float, *, samples: int = 1000) -> QualityStats:
-    """n, mean, 95% bootstrap interval (seeded) and pass rate (share of items >= pass_score)."""
+    """n, mean, 95% bootstrap interval (seeded), pass rate (share of items >= pass_score) and the
+    sample standard deviation."""
     if not values:
         return QualityStats(n=0)
     lo, hi = bootstrap_ci(values, level=0.95, samples=samples)
-    return QualityStats(n=len(values), mean=round(sum(values) / len(values), 4), ci95=(round(lo, 4), round(hi, 4)),
-                        pass_rate=round(share_at_least(values, pass_score), 4))
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return QualityStats(n=len(values), mean=round(mean, 4), ci95=(round(lo, 4), round(hi, 4)),
+                        pass_rate=round(share_at_least(values, pass_score), 4),
+                        sd=round(sd, 4) if sd is not None else None)
+
+
+def items_to_decide(q: QualityStats, threshold: float, min_items: int) -> tuple[int, str]:
+    """(more test items, the arithmetic) for a category whose mean reaches `threshold` but whose
+    interval or n does not: n ≈ (1.96·sd / (mean − threshold))², the normal approximation of the
+    n at which the 95% interval's lower bound clears the threshold, and at least `min_items`."""
+    gap = q.mean - threshold
+    if q.sd and gap > 0:
+        exact = (Z95 * q.sd / gap) ** 2
+        arithmetic = (f"n ≈ (1.96 × sd {q.sd:.3g} / (mean {q.mean:.3g} − {threshold:g}))² = {exact:.1f}")
+    else:
+        exact, arithmetic = 0.0, "every item scored the same" if not q.sd else "the mean only equals the threshold"
+    if gap <= 0:
+        return 0, f"{arithmetic}: no number of items decides it"
+    needed = max(min_items, math.ceil(exact))
+    # The page's interval is a bootstrap: where the approximation says n suffices and it did not, one more
+    more = max(needed - q.n, 1)
+    return more, (f"n={q.n}; {arithmetic}; at least {min_items} items → about {more} more test item"
+                  f"{'' if more == 1 else 's'}")
 
 
 def category_of(row: dict, categories: dict[str, str | None]) -> str:
@@ -173,6 +203,18 @@ def _requests(n: float) -> str:
 
 
 # -- the decision ----------------------------------------------------------------------------------
+def _raters(cal: dict | None) -> str:
+    """Who the calibration ratings are from, as the page may claim it (calibration.rater_phrase)."""
+    from .calibration import rater_phrase  # the stage module (judging, service): only its wording here
+
+    return rater_phrase(cal or {})
+
+
+def _ratings_of(cal: dict | None) -> str:
+    who = _raters(cal)
+    return "people's ratings" if who == "people" else who
+
+
 def _calibration(summary: Summary) -> dict | None:
     cal = getattr(summary, "calibration", None)  # Summary.calibration: added with judge calibration
     if cal is None:
@@ -205,7 +247,7 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
                    categories: dict[str, str | None], service_endpoint: "Endpoint",
                    student_latency=None, student_latency_note: str = "", service_records: list[dict] | None = None,
                    usd_per_hour: float | None = None, min_agreement: float | None = None,
-                   port: int = 8000, formats: list[FormatRow] | None = None) -> Decision:
+                   port: int = 8000, min_items: int = MIN_CATEGORY_ITEMS, formats: list[FormatRow] | None = None) -> Decision:
     """The decision from typed inputs. `judged`: judged rows per `student` (exported round),
     `service` (service baseline) and `base` (round 0), each present when it ran;
     `categories`: test item id -> category; `student_latency`: `LatencyStats` measured through
@@ -224,13 +266,19 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
     names = _category_order(c for s in stats.values() for c in s)
     quality = [CategoryQuality(category=c, **{who: stats[who].get(c) for who in stats}) for c in names]
 
-    def ready(q: QualityStats | None) -> bool:
+    def reaches(q: QualityStats | None) -> bool:  # on its mean (and pass rate) alone
         return (q is not None and q.n > 0 and q.mean is not None and q.mean >= gate.threshold
                 and (gate.min_share is None or (q.pass_rate or 0.0) >= gate.min_share))
+
+    def ready(q: QualityStats | None) -> bool:  # ... and its interval clears the threshold on enough items
+        return reaches(q) and q.n >= min_items and q.ci95 is not None and q.ci95[0] >= gate.threshold
 
     student_stats = stats.get(STUDENT, {})
     ready_cats = [c for c in names if ready(student_stats.get(c))]
     not_ready = [c for c in names if c not in ready_cats]
+    undecided = {c: items_to_decide(student_stats[c], gate.threshold, min_items)[1]
+                 for c in not_ready if reaches(student_stats.get(c))}
+    below_cats = [c for c in not_ready if c not in undecided]
 
     # verdict
     cal = _calibration(summary)
@@ -239,7 +287,7 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
     tau = (cal or {}).get("kendall_tau")
     if summary.stop_reason == STOP_JUDGE_DISAGREES:
         verdict = VERDICT_NOT_YET
-        reasons.append("the judge disagrees with people's ratings of this task"
+        reasons.append(f"the judge disagrees with {_ratings_of(cal)} of this task"
                        + (f" (Kendall τ {tau:.2f}" if isinstance(tau, (int, float)) else " (")
                        + (f" below judge.min_agreement {min_agreement:g})" if min_agreement is not None else ")")
                        + ": its scores cannot decide; no student was trained")
@@ -261,7 +309,8 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
                 verdict = VERDICT_PARTIAL
             else:
                 verdict = VERDICT_NOT_YET
-                reasons.append("no category reaches the threshold on its own")
+                reasons.append("no category is ready on its own" if undecided
+                               else "no category reaches the threshold on its own")
         else:
             reasons.append(f"round {exported.round} did not pass the gate ({g.reason})")
             if several and ready_cats:
@@ -271,13 +320,19 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
                                "own")
             else:
                 verdict = VERDICT_NOT_YET
-        if not_ready and several:
-            below = ", ".join(f"{c} ({_mean_text(student_stats.get(c))})" for c in not_ready)
+        if undecided:
+            reasons.append(f"{UNDECIDED} (the mean reaches {gate.metric} {gate.threshold:g}, but the 95% interval's "
+                           f"lower bound does not, or fewer than {min_items} test items): "
+                           + "; ".join(f"{c}: {note}" for c, note in undecided.items()))
+        if below_cats and several:
+            below = ", ".join(f"{c} ({_mean_text(student_stats.get(c))})" for c in below_cats)
             reasons.append(f"below {gate.metric} {gate.threshold:g}"
                            + (f" or pass rate {gate.min_share:.0%}" if gate.min_share is not None else "")
                            + f": {below}")
     if verdict == VERDICT_PARTIAL:
-        head = f"replace for categories {', '.join(ready_cats)} (not: {', '.join(not_ready)})"
+        others = [f"{UNDECIDED}: {', '.join(undecided)}"] * bool(undecided) + [f"not: {', '.join(below_cats)}"] * bool(
+            below_cats)
+        head = f"replace for categories {', '.join(ready_cats)} ({'; '.join(others)})"
     else:
         head = verdict
     if cal is None:
@@ -285,7 +340,7 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
                         "word alone")
     elif isinstance(tau, (int, float)):
         ci = cal.get("tau_ci")
-        verdict_line = f"{head} — judge calibrated against people: Kendall τ {tau:.2f}" + (
+        verdict_line = f"{head} — judge calibrated against {_raters(cal)}: Kendall τ {tau:.2f}" + (
             f" [{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "")
     else:  # a calibration set whose agreement could not be computed (too few judged rows)
         verdict_line = f"{head} — {NOT_CALIBRATED}: " + (cal.get("note") or "agreement not computed")
@@ -327,7 +382,8 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
     model_id, lines = _swap_in(summary.name, port)
     return Decision(
         name=summary.name, verdict=verdict, verdict_line=verdict_line, reasons=reasons, calibrated=cal is not None,
-        ready_categories=ready_cats, not_ready_categories=not_ready, metric=gate.metric, threshold=gate.threshold,
+        ready_categories=ready_cats, not_ready_categories=not_ready, undecided=undecided,
+        min_category_items=min_items, metric=gate.metric, threshold=gate.threshold,
         pass_score=pass_score, quality=quality, overall=overall, calibration=cal,
         latency=DecisionLatency(student=student_latency, student_note=student_latency_note, service=svc),
         cost=cost, break_even=break_even(migration, service_1k, student_1k),
@@ -405,18 +461,24 @@ def render_markdown(d: Decision, *, plot: str | None = None) -> str:
     L += [f"- {escape_inline(r)}" for r in d.reasons] + [""]
     who = [w for w in (STUDENT, SERVICE, BASE) if w in d.overall]
     L += [f"## Quality per category ({escape_inline(d.metric)}; pass = item >= {d.pass_score:g}; "
-          f"ready = mean >= {d.threshold:g})", ""]
+          f"ready = 95% interval's lower bound >= {d.threshold:g} on at least {d.min_category_items} items)", ""]
     quality_rows = []
     for cq in d.quality:
         qs = [getattr(cq, w) for w in who]
         n = (cq.student.n if cq.student else max((q.n for q in qs if q), default=0))
         quality_rows.append([cq.category, n, *[Raw(x) for q in qs for x in (_q(q), _rate(q))],
-                             "yes" if cq.category in d.ready_categories else "no"])
+                             "yes" if cq.category in d.ready_categories else
+                             UNDECIDED if cq.category in d.undecided else "no"])
     st = d.overall.get(STUDENT)
     quality_rows.append([Raw("**all**"), st.n if st else 0,
                          *[Raw(x) for w in who for x in (_q(d.overall[w]), _rate(d.overall[w]))], ""])
-    L += table(["category", "n", *[h for w in who for h in (f"{WHO[w]} mean [95% CI]", f"{WHO[w]} pass")], "ready"],
+    L += table([Raw(h) for h in ["category", "n", *[h for w in who for h in (f"{WHO[w]} mean [95% CI]",
+                                                                            f"{WHO[w]} pass")], "ready"]],
                quality_rows, align="lr" + "lr" * len(who) + "l")
+    if d.undecided:
+        L += ["", f"Undecided: the mean reaches {d.threshold:g}, the evidence does not yet (more test items in "
+              "the category would decide):", ""]
+        L += [f"- {escape_inline(c)}: {escape_inline(note)}" for c, note in d.undecided.items()]
     L += _formats_section(d)
     L += ["", "## Judge calibration", ""]
     cal = d.calibration

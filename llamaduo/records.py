@@ -420,6 +420,7 @@ class QualityStats(_Record):
     mean: float | None = None
     ci95: tuple[float, float] | None = None
     pass_rate: float | None = None
+    sd: float | None = Field(None, description="Sample standard deviation (how many more items would decide).")
 
 
 class CategoryQuality(_Record):
@@ -494,8 +495,14 @@ class Decision(_Record):
                               "and 'judge not calibrated' when there is no calibration set).")
     reasons: list[str] = Field(default_factory=list)
     calibrated: bool
-    ready_categories: list[str] = Field(default_factory=list)
-    not_ready_categories: list[str] = Field(default_factory=list)
+    ready_categories: list[str] = Field(default_factory=list, description="The 95% interval's lower bound reaches "
+                                        "the threshold on at least min_category_items test items.")
+    not_ready_categories: list[str] = Field(default_factory=list, description="Every other category (undecided "
+                                            "ones included).")
+    undecided: dict[str, str] = Field(default_factory=dict, description="Categories whose mean reaches the threshold "
+                                      "but whose interval or n does not: how many more test items would decide, "
+                                      "with the arithmetic.")
+    min_category_items: int = Field(0, description="Test items a category needs before it can be called ready.")
     metric: str
     threshold: float
     pass_score: float

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llamaduo.config import Endpoint, GateConfig, InferConfig, ServiceConfig
-from llamaduo.decision import (NOT_CALIBRATED, UNCATEGORISED, VERDICT_NOT_YET, VERDICT_PARTIAL, VERDICT_REPLACE,
+from llamaduo.decision import (MIN_CATEGORY_ITEMS, NOT_CALIBRATED, UNCATEGORISED, VERDICT_NOT_YET, VERDICT_PARTIAL,
+                               VERDICT_REPLACE, items_to_decide,
                                break_even, build_decision, percentile, render_markdown, service_latency,
                                student_usd_per_1k, usd, write_decision)
 from llamaduo.markdown import escape_inline
@@ -84,7 +85,7 @@ def decide(s: Summary, student: dict, *, service: dict | None = None, base: dict
         judged["service"] = rows(service)
     if base is not None:
         judged["base"] = rows(base)
-    args = dict(summary=s, gate=GATE, judged=judged, categories={}, service_endpoint=PRICED,
+    args = dict(summary=s, gate=GATE, judged=judged, categories={}, service_endpoint=PRICED, min_items=1,
                 student_latency=LATENCY, service_records=[{"latency_s": 0.8, "prompt_tokens": 100,
                                                            "completion_tokens": 10}] * 4, usd_per_hour=3.6)
     return build_decision(**{**args, **kw})
@@ -165,7 +166,7 @@ def test_quality_per_category_for_student_service_and_base():
     assert d.overall["student"].n == 3 and d.overall["base"].mean == pytest.approx(15)
     md = render_markdown(d)
     assert re.search(r"\| billing \| 2 \| 70 \[6\d(\.\d+)?, [78]\d(\.\d+)?\] \| 50% \| 100 \[100, 100\] \| 100% \| "
-                     r"20 \[10, 30\] \| 0% \| yes \|", md), md
+                     r"20 \[10, 30\] \| 0% \| undecided \|", md), md
 
 
 def test_category_comes_from_the_test_items_when_a_judged_row_lacks_it():
@@ -404,7 +405,9 @@ def test_cli_run_writes_the_decision_page(tmp_path, tiny_model_dir):
                               str(work)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     d = json.loads((work / "decision.json").read_text())
-    assert d["verdict"] in (VERDICT_REPLACE, VERDICT_PARTIAL) and NOT_CALIBRATED in d["verdict_line"]
+    # 2 test items per category: each reaches threshold 1 on its mean, none on enough items to sign
+    assert d["verdict"] == VERDICT_NOT_YET and NOT_CALIBRATED in d["verdict_line"]
+    assert set(d["undecided"]) == {q["category"] for q in d["quality"]} and not d["ready_categories"]
     assert {q["category"] for q in d["quality"]} <= set(cats) and d["quality"]
     assert all(q["student"]["n"] >= 1 and q["service"] and q["base"] for q in d["quality"])
     s = d["latency"]["student"]
@@ -433,3 +436,52 @@ def test_data_in_the_page_is_escaped_no_forged_row_no_image_no_html():
     assert page.count("<td>forged") == 0 and page.count("<tr>") == sum(
         1 for line in render_markdown(d).splitlines() if line.startswith("|") and not line.startswith("|---"))
     assert "returns | 8 | 97 [95, 99] | 100% | yes | forged" in page, "the category shows as what it is"
+
+
+# -- who rated and how sure a category is (issue 28, points 13 and 14) ------------------------------------
+def test_the_headline_says_people_only_when_the_ratings_are_peoples():
+    rubric = calibration().model_copy(update={"raters": "rubric", "rater_rows": {"rubric": 12}})
+    d = decide(summary(cal=rubric), {"billing": [80, 90]})
+    assert "calibrated against people" not in d.verdict_line
+    assert "judge calibrated against rubric ratings (not people's): Kendall τ 0.62" in d.verdict_line
+    people = decide(summary(cal=calibration()), {"billing": [80, 90]})
+    assert "judge calibrated against people: Kendall τ 0.62" in people.verdict_line
+
+
+def test_the_demo_calibration_file_is_not_called_people():
+    from pathlib import Path
+
+    from llamaduo.calibration import load_ratings, measure
+
+    ratings = load_ratings(Path(__file__).resolve().parents[1] / "examples/demo/calibration.jsonl")
+    cal = measure(ratings, [r.human_value for r in ratings], judge_metric="judge_score", pass_score=75)
+    d = decide(summary(cal=cal), {"billing": [80, 90]})
+    assert "against people" not in d.verdict_line and "rubric ratings (not people's)" in d.verdict_line
+
+
+def test_a_category_is_ready_only_when_its_interval_clears_the_threshold_on_enough_items():
+    """n = 5 with an interval [40.6, 100] was called ready on its mean."""
+    few = {"account": [100, 100, 100, 100, 3], "billing": [100] * 5}
+    d = build_decision(summary=summary(cal=calibration()), gate=GATE, judged={"student": rows(few)}, categories={},
+                       service_endpoint=PRICED)
+    assert d.min_category_items == MIN_CATEGORY_ITEMS == 10
+    assert d.ready_categories == [] and set(d.undecided) == {"account", "billing"}
+    assert d.verdict == VERDICT_NOT_YET and "replace" not in d.verdict_line
+    assert d.undecided["account"] == ("n=5; n ≈ (1.96 × sd 43.4 / (mean 80.6 − 70))² = 64.3; at least 10 items → "
+                                      "about 60 more test items")
+    assert "every item scored the same" in d.undecided["billing"] and "about 5 more test items" in d.undecided["billing"]
+    md = render_markdown(d)
+    assert "| account | 5 |" in md and "| undecided |" in md and "## Quality per category" in md
+    assert "1.96 × sd" in md
+    enough = {"account": [100, 95, 90] * 4, "billing": [100] * 5, "returns": [20, 30] * 6}
+    d = build_decision(summary=summary(cal=calibration()), gate=GATE, judged={"student": rows(enough)},
+                       categories={}, service_endpoint=PRICED)
+    assert d.verdict == VERDICT_PARTIAL and d.ready_categories == ["account"]
+    assert d.verdict_line.startswith("replace for categories account (undecided: billing; not: returns)")
+
+
+def test_items_to_decide_shows_the_arithmetic():
+    from llamaduo.records import QualityStats
+
+    more, note = items_to_decide(QualityStats(n=5, mean=85.0, sd=20.0, ci95=(70.0, 95.0)), 75, 10)
+    assert more == 11 and "n ≈ (1.96 × sd 20 / (mean 85 − 75))² = 15.4" in note  # ceil(15.37) = 16 - 5
