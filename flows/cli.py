@@ -43,6 +43,10 @@ def plan(cfg, pf) -> str:
     rounds = cfg.gate.max_rounds
     cost = "unknown price (self-hosted: free)" if est.cost_usd is None else f"~${est.cost_usd:.4f}"
     total = "" if est.run_cost_usd_max is None else f", at most ~${est.run_cost_usd_max:.4f}"
+    if est.standin_cost_usd is not None:  # $0 is paid; say what the page will call the migration's cost
+        total += (f" (offline stand-in: nothing is paid; priced as the service it stands for at "
+                  f"service.input_cost_per_mtok / output_cost_per_mtok, as the decision page prices it: "
+                  f"~${est.standin_cost_usd:.4f} per round, at most ~${est.standin_run_cost_usd_max:.4f})")
     extra = [f"{calls} for {what}" for calls, what in ((est.baseline_calls, "baselines"),
                                                        (est.calibration_calls, "judge calibration")) if calls]
     baselines = f" (incl. {', '.join(extra)})" if extra else ""

@@ -12,13 +12,19 @@ from .config import RunConfig
 from .data import Example
 from .judge import JUDGE_MAX_TOKENS
 from .records import RunEstimate
-from .service import approx_tokens, price_usd
+from .service import approx_tokens, explicit_prices, price_usd
 from .templates import judge_template, synth_template
 
 JUDGE_REPLY_TOKENS = 120  # two scores with short reasons
 
 
-def _cost(endpoint, prompt: int, completion: int) -> float | None:
+def _cost(endpoint, prompt: int, completion: int, *, standin_as=None) -> float | None:
+    """What the calls cost; with `standin_as` (the service endpoint), a stand-in's calls priced at
+    its configured pair instead of $0 — the decision page's basis for the demo's migration cost."""
+    if standin_as is not None and endpoint.is_standin:
+        if not explicit_prices(standin_as):
+            return None
+        return (standin_as.input_cost_per_mtok * prompt + standin_as.output_cost_per_mtok * completion) / 1e6
     return price_usd(endpoint, prompt, completion)
 
 
@@ -37,14 +43,23 @@ def run_estimate(cfg: RunConfig, train: list[Example], val: list[Example], test:
     base_calls = (len(test) + len(val)) * per_eval if cfg.gate.baseline else 0
     service_baseline_calls = len(test) * (1 + cfg.judge.repeats) if cfg.judge.service_baseline else 0
     calibration_calls, calibration_prompt = _calibration_calls(cfg)
-    synth_cost = _cost(cfg.service_endpoint(), synth_calls * synth_prompt, synth_calls * synth_completion)
-    judge_cost = _cost(cfg.judge_endpoint(), judge_calls * judge_prompt, judge_calls * judge_completion)
-    extra_cost = _cost(cfg.judge_endpoint(),
-                       (base_calls + service_baseline_calls) * judge_prompt + calibration_prompt,
-                       (base_calls + service_baseline_calls + calibration_calls) * judge_completion)
-    known = None not in (synth_cost, judge_cost, extra_cost)
-    per_round = (synth_cost + judge_cost) if known else None
     rounds = cfg.gate.max_rounds
+
+    def costs(standin_as=None) -> tuple[float | None, float | None]:  # (per round, whole run at most)
+        synth = _cost(cfg.service_endpoint(), synth_calls * synth_prompt, synth_calls * synth_completion,
+                      standin_as=standin_as)
+        judge = _cost(cfg.judge_endpoint(), judge_calls * judge_prompt, judge_calls * judge_completion,
+                      standin_as=standin_as)
+        extra = _cost(cfg.judge_endpoint(), (base_calls + service_baseline_calls) * judge_prompt + calibration_prompt,
+                      (base_calls + service_baseline_calls + calibration_calls) * judge_completion,
+                      standin_as=standin_as)
+        if None in (synth, judge, extra):
+            return None, None
+        return synth + judge, (synth * cfg.synth.max_waves + judge) * rounds + extra
+
+    per_round, run_max = costs()
+    standin = cfg.service_endpoint().is_standin or cfg.judge_endpoint().is_standin
+    standin_round, standin_max = costs(cfg.service_endpoint()) if standin else (None, None)
     worst_synth = synth_calls * cfg.synth.max_waves
     return RunEstimate(
         synth_calls=synth_calls, synth_calls_max=worst_synth, judge_calls=judge_calls, calls=synth_calls + judge_calls,
@@ -52,7 +67,7 @@ def run_estimate(cfg: RunConfig, train: list[Example], val: list[Example], test:
         prompt_tokens=synth_calls * synth_prompt + judge_calls * judge_prompt,
         completion_tokens=synth_calls * synth_completion + judge_calls * judge_completion, cost_usd=per_round,
         run_calls_max=(worst_synth + judge_calls) * rounds + base_calls + service_baseline_calls + calibration_calls,
-        run_cost_usd_max=(synth_cost * cfg.synth.max_waves + judge_cost) * rounds + extra_cost if known else None)
+        run_cost_usd_max=run_max, standin_cost_usd=standin_round, standin_run_cost_usd_max=standin_max)
 
 
 def _calibration_calls(cfg: RunConfig) -> tuple[int, int]:

@@ -341,6 +341,10 @@ class RunEstimate(_Record):
     cost_usd: float | None = Field(description="Cost per round; null: an endpoint has no known price.")
     run_calls_max: int = Field(description="Calls of the whole run at most (every round, every wave).")
     run_cost_usd_max: float | None = Field(description="Cost of the whole run at most; null: no known price.")
+    standin_cost_usd: float | None = Field(None, description="The offline stand-in's calls per round priced as "
+                                           "the service it stands for (service.*_cost_per_mtok), as the decision "
+                                           "page prices them; null: no stand-in, or not priced.")
+    standin_run_cost_usd_max: float | None = Field(None, description="The same for the whole run at most.")
 
 
 class LatencyStats(_Record):

@@ -282,3 +282,24 @@ def test_an_unpriced_judge_model_is_an_input_error_not_the_service_price():
     with pytest.raises(InputError, match="judge.input_cost_per_mtok") as e:
         check_pricing(judge, BudgetConfig(max_usd=5))
     assert e.value.field == "judge.model"
+
+
+def test_the_plan_prices_the_stand_in_as_the_decision_page_does():
+    """Issue 28, point 16: `validate` printed ~$0.0000 for the demo while its decision page priced the
+    stand-in's tokens at the configured service prices ($0.285)."""
+    from types import SimpleNamespace
+
+    from flows.cli import plan
+    from llamaduo.config import load_config
+    from llamaduo.data import load_coverage
+    from llamaduo.estimate import run_estimate
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    splits = load_coverage(cfg.data, cfg.curate)
+    est = run_estimate(cfg, splits.train, splits.val, splits.test)
+    pf = SimpleNamespace(estimate=est, splits=splits, warnings=[])
+    assert est.cost_usd == 0, "nothing is paid to a stand-in"
+    assert est.standin_cost_usd and est.standin_cost_usd > 0 and est.standin_run_cost_usd_max > est.standin_cost_usd
+    text = plan(cfg, pf)
+    assert f"~${est.standin_cost_usd:.4f}" in text and "as the decision page prices it" in text
+    assert "service.input_cost_per_mtok" in text
