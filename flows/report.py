@@ -21,7 +21,7 @@ def teacher_note(cfg: RunConfig) -> str:
 
 def publish_round(state: LoopState, cfg: RunConfig, root: str, data: SplitResult, entry: RoundRecord) -> None:
     """The summary (rewritten atomically) and the report of round `entry`, already recorded in `state`."""
-    write_summary(root, summary_for(state, cfg, data))
+    write_summary(root, summary_for(state, cfg, data), in_progress=True)  # keeps the last finished verdict
     out = f"{round_dir(entry.round)}/report.md"
     run_stage(publish_round_report, out, root=root, entry=entry, previous=state.previous_round(entry.round),
               history=state.sorted_rounds(),

@@ -293,6 +293,8 @@ class Summary(_Record):
     stop_reason: str | None
     stop_detail: str | None = None
     final_model_dir: str | None
+    in_progress: bool = Field(False, description="A run is writing rounds: passed, stop_reason, final_model_dir "
+                              "and exported_round are the last finished run's (none yet: false/null).")
     exported_round: int | None = None
     exported_round_passed: bool | None = None
     export_check: ExportCheck | None = None

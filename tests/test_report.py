@@ -63,3 +63,31 @@ def test_values_in_the_round_report_cannot_forge_rows_or_load_anything():
     page = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
     assert "<script" not in page and "<b>" not in page and page.count("<img") == 1, "only the plot"
     assert "<td>forged" not in page and "<th>base &lt;img src=x&gt;</th>" in page
+
+
+def test_an_in_progress_summary_never_contradicts_the_last_finished_one(tmp_path):
+    """Issue 28, point 16: during a re-run summary.json read passed: false, final_model_dir: null for a
+    run that had passed. A round's summary keeps the last finished verdict until the run finishes."""
+    import json
+
+    from llamaduo.records import Summary
+    from llamaduo.summary import write_summary
+
+    base = dict(name="x", teacher="t", judge="j", student="s")
+    write_summary(str(tmp_path), Summary(**base, passed=True, stop_reason="passed", final_model_dir="final_model",
+                                         exported_round=1, exported_round_passed=True, rounds=[ENTRY]))
+    write_summary(str(tmp_path), Summary(**base, passed=False, stop_reason=None, final_model_dir=None,
+                                         rounds=[PREV]), in_progress=True)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["passed"] is True and on_disk["final_model_dir"] == "final_model" and on_disk["exported_round"] == 1
+    assert on_disk["stop_reason"] == "passed" and on_disk["in_progress"] is True
+    assert [r["round"] for r in on_disk["rounds"]] == [1], "the rounds are the running ones"
+    write_summary(str(tmp_path), Summary(**base, passed=False, stop_reason="max_rounds", final_model_dir=None,
+                                         rounds=[PREV]))
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["passed"] is False and on_disk["in_progress"] is False, "a finished run says what it found"
+    fresh = tmp_path / "fresh"
+    write_summary(str(fresh), Summary(**base, passed=False, stop_reason="passed", final_model_dir=None, rounds=[PREV]),
+                  in_progress=True)
+    on_disk = json.loads((fresh / "summary.json").read_text())
+    assert on_disk["stop_reason"] is None and on_disk["passed"] is False, "nothing finished yet: no verdict"
