@@ -143,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             # by the flow child it hands it to): a second run on the directory exits 2 here.
             run_lock = lock_run_dir(store.local)
             run_lease = take_lease(store)  # S3: the same lock across machines (None elsewhere)
-            pf.probe = probe_run_dir(cfg, pf.splits, store.location)
+            from tasks.pacing import run_pacing
+
+            with run_pacing(cfg):  # on a shared Prefect server the probes take their slots on the key
+                pf.probe = probe_run_dir(cfg, pf.splits, store.location)
     except InputError as exc:
         if run_lease is not None:
             run_lease.release()

@@ -204,7 +204,7 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
     """
     from llamaduo.config import check_run_ceilings, check_run_overrides, load_config
     from llamaduo.errors import InputError
-    from llamaduo.preflight import preflight
+    from llamaduo.preflight import preflight, probe_run_dir
 
     project = Path.cwd()  # the deployment's pull step sets it to the project directory
     for name, value in (("config_path", config_path), ("workdir", workdir)):
@@ -243,9 +243,12 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
     from contextlib import nullcontext
 
     from llamaduo.lease import take_lease
+    from tasks.pacing import run_pacing
 
     with take_lease(store) or nullcontext():  # S3: held across machines (two workers of one pool)
-        pf = preflight(cfg, store.location)
+        pf = preflight(cfg, store.location, probe=False)
+        with run_pacing(cfg):  # the probes take their slots on the key like every other call
+            pf.probe = probe_run_dir(cfg, pf.splits, store.location)
         for w in pf.warnings:
             get_run_logger().warning(w)
         return run_migration(cfg, store.location, pf.probe)

@@ -1,8 +1,10 @@
 """One rate limit for every run on a key: `service.rpm` / `tpm` / `max_concurrency` as Prefect
 global concurrency limits (GCLs), shared by all processes that talk to one Prefect server.
 
-Names: `llamaduo-{rpm|tpm|concurrency}-{provider}-{key variable}` (the variable's NAME, never
-the key; `default` when the endpoint names none and litellm reads the provider's own variable).
+Names: `llamaduo-{rpm|tpm|concurrency}-{provider}[-{host}-{hash}]-{key variable}`: the endpoint
+(`api_base`, normalised: `endpoint_id`) is part of the name, so a local vLLM server and the
+cloud's API are two limits even when neither names a key variable; the variable's NAME, never the
+key (`default` when the endpoint names none and litellm reads the provider's own variable).
 
 Why not `rate_limit` on a decaying limit: the server decays `active_slots` by
 floor(decay x seconds since the row's last update), and every denied attempt updates the row, so
@@ -22,11 +24,17 @@ Prefect #23183 (a released slot does not wake waiters in the same process; Prefe
 acquisition service sleeps the server's Retry-After, up to 30 s): waiters here poll the server
 themselves, at least every POLL_S, and are woken at once when this process gives a slot back.
 
-Which limit wins: a run never raises a limit another run set. A missing limit is created with
-this run's number; an existing one is lowered to it when higher and kept when lower (the stricter
-wins); an inactive one is re-activated and a decay is set back to 0 (either would let more
-through). A tpm limit another run created also paces a run that sets no tpm. PATCH is not
-compare-and-set: each stage re-checks at its start, so a race that raised a limit ends there.
+Which limit wins: the smallest number among the LIVE runs on the key. Each run registers what
+it wants (an inactive GCL `<limit>~<number>`, renewed at each stage start and every minute while
+it sends); a limit is set to the smallest number registered in the last REGISTRATION_S (server
+clock), so a stricter run lowers it at once, and when the stricter runs are gone the limit follows
+the configs still asking (raised, with an info line). An inactive limit is re-activated and a decay
+set back to 0 (either would let more through). A tpm another live run wants also paces a run that
+sets none. Writes are not compare-and-set: a run that raises a limit re-reads the registrations
+after its write and lowers it back if a stricter run registered meanwhile.
+
+Every call on the key takes its slots, the preflight's probe calls included (`run_pacing`, used
+by the CLI and the deployment's flow around the probe).
 
 Shared only when a real server is in use: the resolved PREFECT_API_URL (environment, profile) is
 set, is not a temporary server this process started (Prefect's ephemeral server, the test
@@ -45,13 +53,13 @@ import random
 import sys
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterator
 from uuid import UUID
 
-from llamaduo.config import Endpoint, ServiceConfig, provider_of
-from llamaduo.pacing import TEMPORARY_SERVER_ENV, InProcessPacer, Pacer, PacerSession
+from llamaduo.config import Endpoint, RunConfig, ServiceConfig, provider_of
+from llamaduo.pacing import TEMPORARY_SERVER_ENV, InProcessPacer, Pacer, PacerSession, pacing
 
 log = logging.getLogger("llamaduo.pacing")
 
@@ -75,8 +83,35 @@ class LimitNames:
     concurrency: str
 
 
-def key_of(endpoint: Endpoint) -> tuple[str, str]:
-    """(provider, key variable name) of an endpoint: what a provider's limits belong to."""
+def endpoint_id(api_base: str | None) -> str | None:
+    """Where an endpoint's calls go, in one spelling: None for the provider's own endpoint, else
+    the host (and a port other than the scheme's default) and a short hash of the normalised URL
+    (scheme and host lower-cased, default port, credentials, empty and trailing `/` segments, query
+    and fragment dropped). `http://LOCALHOST:80/v1/` and `http://localhost/v1` are one endpoint."""
+    if not api_base:
+        return None
+    import hashlib
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(api_base.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a number: kept as written (the URL is refused when called anyway)
+        port = None
+    if port == {"http": 80, "https": 443}.get(scheme):
+        port = None
+    path = "/".join(seg for seg in parts.path.split("/") if seg)
+    canonical = f"{scheme}://{host}{f':{port}' if port else ''}/{path}"
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
+    return f"{host}{f'_{port}' if port else ''}-{digest}"
+
+
+def key_of(endpoint: Endpoint) -> tuple[str, str | None, str]:
+    """(provider, endpoint, key variable name) of an endpoint: what a rate limit belongs to. Two
+    endpoints of one provider (the cloud's and a local vLLM server) are two limits, whatever key
+    variable (or none) they read."""
     provider = provider_of(endpoint.model) if "/" in endpoint.model else None
     if provider is None:
         try:
@@ -85,12 +120,13 @@ def key_of(endpoint: Endpoint) -> tuple[str, str]:
             provider = litellm.get_llm_provider(endpoint.model)[1]
         except Exception:  # noqa: BLE001 - a model litellm cannot place: its name stands for the provider
             provider = endpoint.model
-    return provider, endpoint.api_key_env or "default"
+    return provider, endpoint_id(endpoint.api_base), endpoint.api_key_env or "default"
 
 
 def limit_names(endpoint: Endpoint) -> LimitNames:
-    provider, key_var = key_of(endpoint)
-    safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in f"{provider}-{key_var}")
+    provider, where, key_var = key_of(endpoint)
+    ident = "-".join(p for p in (provider, where, key_var) if p)
+    safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in ident)  # never `~`: see REGISTRATION
     return LimitNames(*(f"{PREFIX}-{kind}-{safe}" for kind in ("rpm", "tpm", "concurrency")))
 
 
@@ -119,11 +155,27 @@ def shared_server_url() -> str | None:
 
 
 # -- which numbers hold -------------------------------------------------------------------
-def reconcile(existing, want: int | None) -> dict:
-    """The update that makes an existing limit at least as strict as `want` (None: keep its size)."""
+# Every run registers the limits it wants: one inactive GCL per limit and wanted number,
+# `<limit>~<number>`, whose `updated` time says when a run last asked for that number (a run asks
+# at each stage start and every REREGISTER_S while it sends). A limit's size is the smallest
+# number asked for within REGISTRATION_S (measured on the server's clock: against this run's own
+# registration, just written), so the strictest live run wins, and the limit follows the configs
+# once the stricter runs are gone (up to REGISTRATION_S later). No live run wants a tpm: no tpm
+# paces anyone (the limit is left as it is). Writes are not compare-and-set; a run that RAISES a
+# limit reads the registrations again after its write and lowers it back if a stricter one
+# arrived meanwhile, so a concurrent stricter run always ends up winning.
+REGISTRATION = "~"
+REGISTRATION_S = 600.0
+REREGISTER_S = 60.0
+FORGET_S = 86400.0  # a registration not renewed for a day is deleted (housekeeping)
+LIST_PAGE = 200
+
+
+def reconcile(existing, target: int) -> dict:
+    """The update that makes an existing limit `target` slots, active, without decay."""
     update: dict = {}
-    if want is not None and existing.limit > want:
-        update["limit"] = want
+    if existing.limit != target:
+        update["limit"] = target
     if not existing.active:
         update["active"] = True
     if existing.slot_decay_per_second:
@@ -135,40 +187,119 @@ def _wants(names: LimitNames, limits: ServiceConfig) -> list[tuple[str, int | No
     return [(names.rpm, limits.rpm), (names.tpm, limits.tpm), (names.concurrency, limits.max_concurrency)]
 
 
-def ensure_limits(client, names: LimitNames, limits: ServiceConfig) -> dict[str, int]:
-    """Create or tighten the key's limits (sync client); their sizes now, by name (a tpm limit
-    that does not exist and that this run does not set is absent)."""
+def _register(client, name: str, want: int) -> None:
+    """Say (again) that a live run wants `name` at `want`: its registration's `updated` is now."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    sizes = {}
-    for name, want in _wants(names, limits):
-        for _ in range(5):  # another run may create or change it between our read and write
+    reg = f"{name}{REGISTRATION}{want}"
+    for _ in range(3):
+        try:
+            client.update_global_concurrency_limit(reg, GlobalConcurrencyLimitUpdate(limit=want, active=False))
+            return
+        except ObjectNotFound:
             try:
-                existing = client.read_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                if want is None:
-                    break
-                try:
-                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
-                        name=name, limit=want, slot_decay_per_second=0.0))
-                except ObjectAlreadyExists:
-                    continue
-                sizes[name] = want
-                break
-            update = reconcile(existing, want)
-            if not update:
-                sizes[name] = existing.limit
-                break
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
+                    name=reg, limit=want, active=False, slot_decay_per_second=0.0))
+                return
+            except ObjectAlreadyExists:
+                continue
+    raise RuntimeError(f"the registration {reg} kept changing while it was written")
+
+
+def _list(client) -> dict:
+    """Every GCL of llamaduo on the server, by name."""
+    found: dict = {}
+    offset = 0
+    while True:
+        page = client.read_global_concurrency_limits(limit=LIST_PAGE, offset=offset)
+        found.update({g.name: g for g in page if g.name.startswith(PREFIX)})
+        if len(page) < LIST_PAGE:
+            return found
+        offset += LIST_PAGE
+
+
+def _live_wants(gcls: dict, name: str, now, forget: list[str]) -> list[int]:
+    """The numbers live runs want for `name` (registrations renewed within REGISTRATION_S of `now`)."""
+    wants = []
+    for reg_name, reg in gcls.items():
+        if not reg_name.startswith(name + REGISTRATION):
+            continue
+        age = (now - reg.updated).total_seconds()
+        if age <= REGISTRATION_S:
+            wants.append(reg.limit)
+        elif age > FORGET_S:
+            forget.append(reg_name)
+    return wants
+
+
+def _set_limit(client, name: str, target: int, existing) -> None:
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    if existing is None:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
+                name=name, limit=target, slot_decay_per_second=0.0))
+            return
+        except ObjectAlreadyExists:
+            existing = client.read_global_concurrency_limit_by_name(name)
+    update = reconcile(existing, target)
+    if update:
+        try:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(**update))
-        else:
-            raise RuntimeError(f"the global concurrency limit {name} kept changing while it was set up")
+        except ObjectNotFound:  # deleted meanwhile: made again
+            _set_limit(client, name, target, None)
+
+
+def ensure_limits(client, names: LimitNames, limits: ServiceConfig) -> dict[str, int]:
+    """Register this run's numbers and set the key's limits to the smallest a live run wants
+    (sync client); their sizes now, by name (a tpm no live run wants is absent)."""
+    from prefect.exceptions import ObjectNotFound
+
+    wants = _wants(names, limits)
+    mine = [f"{name}{REGISTRATION}{want}" for name, want in wants if want is not None]
+    for (name, want) in wants:
+        if want is not None:
+            _register(client, name, want)
+    gcls = _list(client)
+    written = [gcls[m] if m in gcls else client.read_global_concurrency_limit_by_name(m) for m in mine]
+    now = max(reg.updated for reg in written)  # the server's clock: this run just wrote these
+    forget: list[str] = []
+    sizes: dict[str, int] = {}
+    raised: list[str] = []
+    for name, want in wants:
+        live = _live_wants(gcls, name, now, forget) + ([want] if want is not None else [])
+        if not live:
+            continue
+        target = min(live)
+        existing = gcls.get(name)
+        if existing is not None and target > existing.limit:
+            raised.append(name)
+        if existing is not None and target < existing.limit:
+            log.info("%s: lowered from %d to %d (the strictest run on this key now)", name, existing.limit, target)
+        _set_limit(client, name, target, existing)
+        sizes[name] = target
+    if raised:  # a stricter run may have registered while we raised: its number wins
+        gcls = _list(client)
+        for name in raised:
+            target = min(_live_wants(gcls, name, now, []) + [sizes[name]])
+            if target < sizes[name]:
+                _set_limit(client, name, target, gcls.get(name))
+                sizes[name] = target
+            else:
+                log.info("%s: raised to %d (the stricter runs on this key have ended)", name, target)
+    for reg in forget:
+        try:
+            client.delete_global_concurrency_limit_by_name(reg)
+        except ObjectNotFound:
+            pass
     return sizes
 
 
 def shared_pacer(endpoint: Endpoint, limits: ServiceConfig) -> Pacer | None:
-    """The GCL pacer for `endpoint` when a shared Prefect server is in use (limits created or
-    tightened now), else None: the service client paces this process alone."""
+    """The GCL pacer for `endpoint` when a shared Prefect server is in use (this run's numbers
+    registered and the limits set now), else None: the service client paces this process alone."""
     if endpoint.is_standin:  # the offline stand-in: no provider, no key
         return None
     if shared_server_url() is None:
@@ -178,9 +309,20 @@ def shared_pacer(endpoint: Endpoint, limits: ServiceConfig) -> Pacer | None:
     names = limit_names(endpoint)
     with get_client(sync_client=True) as client:
         sizes = ensure_limits(client, names, limits)
-    log.info("%s: rate limits shared with every run on this key (Prefect global concurrency limits): %s",
-             endpoint.field, ", ".join(f"{n}={s}" for n, s in sizes.items()))
+    log.info("%s: rate limits shared with every run on this endpoint and key (Prefect global concurrency limits): "
+             "%s", endpoint.field, ", ".join(f"{n}={s}" for n, s in sizes.items()))
     return GclPacer(endpoint, limits, names, sizes)
+
+
+@contextmanager
+def run_pacing(cfg: RunConfig) -> Iterator[None]:
+    """The shared limits of the run's service and judge endpoints for every call made in this
+    block by clients the library builds: the preflight's probes take their slots like any call."""
+    service, judge = cfg.service_endpoint(), cfg.judge_endpoint()
+    first = shared_pacer(service, cfg.service)
+    second = None if first is not None and first.serves(judge) else shared_pacer(judge, cfg.service)
+    with pacing(first, second):
+        yield
 
 
 # -- the pacer ----------------------------------------------------------------------------
@@ -192,6 +334,16 @@ class GclPacer(Pacer):
         self.key = key_of(endpoint)
         self.limits, self.names, self.sizes = limits, names, dict(sizes)
         self.local = InProcessPacer.of(limits)
+        self.registered_at = time.monotonic()  # shared_pacer registered this run's numbers just now
+
+    def refresh(self) -> dict[str, int]:
+        """Register this run's numbers again (it is alive) and re-read the limits (sync: a thread)."""
+        from prefect.client.orchestration import get_client
+
+        self.registered_at = time.monotonic()
+        with get_client(sync_client=True) as client:
+            self.sizes.update(ensure_limits(client, self.names, self.limits))
+        return self.sizes
 
     def serves(self, endpoint: Endpoint) -> bool:
         return key_of(endpoint) == self.key
@@ -298,8 +450,9 @@ class _Limit:
 
 class _GclSession:
     def __init__(self, pacer: GclPacer, local: PacerSession, client):
-        self.local, self.client = local, client
+        self.local, self.client, self.pacer = local, client, pacer
         self._warm = False  # a reply came in through this session's client
+        self._refreshing: asyncio.Task | None = None
         self.releaser = releaser_for(str(client.api_url))
         names = pacer.names
         self.rpm = _Limit(names.rpm, pacer.sizes[names.rpm], client)
@@ -322,8 +475,29 @@ class _GclSession:
             except Exception as exc:  # noqa: BLE001 - tried again at the next beat
                 log.warning("could not renew a slot of %s: %s", self.conc.name, type(exc).__name__)
 
+    def _keep_registered(self) -> None:
+        """Every REREGISTER_S while this run sends: it is still alive (its numbers keep holding),
+        and a limit the other runs changed meanwhile is taken up (in the background)."""
+        if time.monotonic() - self.pacer.registered_at < REREGISTER_S or (
+                self._refreshing is not None and not self._refreshing.done()):
+            return
+        self.pacer.registered_at = time.monotonic()
+
+        async def refresh() -> None:
+            try:
+                sizes = await asyncio.to_thread(self.pacer.refresh)
+            except Exception as exc:  # noqa: BLE001 - tried again REREGISTER_S later
+                log.warning("could not renew this run's rate limits on the server: %s", type(exc).__name__)
+                return
+            for limit in (self.rpm, self.tpm, self.conc):
+                if limit is not None and limit.name in sizes:
+                    limit.size = sizes[limit.name]
+
+        self._refreshing = asyncio.create_task(refresh())
+
     @asynccontextmanager
     async def send(self, tokens: int) -> AsyncIterator[None]:
+        self._keep_registered()
         async with self.local.send(tokens):
             # Window slots first, the in-flight slot last: a window slot held while waiting for
             # the in-flight slot only delays this process, not another run.

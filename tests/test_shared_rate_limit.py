@@ -57,6 +57,32 @@ def test_names_are_provider_and_key_variable_never_the_key(monkeypatch):
     assert limit_names(Endpoint(model="openai/gpt-4o")).rpm == "llamaduo-rpm-openai-default"
 
 
+def test_names_carry_the_endpoint_a_local_server_is_not_the_clouds_key():
+    """Issue 28 point 9: configs/vllm-local.yaml (a local OpenAI-compatible server, no key
+    variable) and a cloud OpenAI run without `api_key_env` shared llamaduo-rpm-openai-default."""
+    from llamaduo.config import load_config
+
+    local = load_config(ROOT / "configs" / "vllm-local.yaml")
+    cloud = Endpoint(model="openai/gpt-4o-mini")
+    local_names, cloud_names = limit_names(local.service_endpoint()), limit_names(cloud)
+    assert cloud_names.rpm == "llamaduo-rpm-openai-default"
+    assert local_names.rpm != cloud_names.rpm and local_names.concurrency != cloud_names.concurrency
+    assert local_names.rpm.startswith("llamaduo-rpm-openai-localhost_8000-") and local_names.rpm.endswith("-default")
+    # one endpoint, one name, however it is spelled (case, default port, trailing or doubled slashes)
+    base = limit_names(Endpoint(model="openai/m", api_base="https://proxy.example/v1", api_key_env="K"))
+    for spelling in ("https://PROXY.example:443/v1/", "https://proxy.example//v1", "HTTPS://proxy.example/v1?x=1"):
+        assert limit_names(Endpoint(model="openai/m", api_base=spelling, api_key_env="K")) == base, spelling
+    # another path, port or scheme is another endpoint; the key variable still separates
+    for other in ("https://proxy.example/v2", "https://proxy.example:8443/v1", "http://proxy.example/v1"):
+        assert limit_names(Endpoint(model="openai/m", api_base=other, api_key_env="K")).rpm != base.rpm, other
+    assert limit_names(Endpoint(model="openai/m", api_base="https://proxy.example/v1", api_key_env="L")) != base
+    # the pacer a task puts in place serves the endpoint it was made for, not the cloud's
+    limits = ServiceConfig(model="openai/m")
+    pacer = GclPacer(local.service_endpoint(), limits, local_names, {local_names.rpm: 600, local_names.concurrency: 16})
+    assert pacer.serves(local.service_endpoint()) and not pacer.serves(cloud)
+    assert pacer.serves(Endpoint(model="openai/other", api_base="http://LOCALHOST:8000/v1/", field="judge"))
+
+
 # -- which server counts as shared -------------------------------------------------------------------
 
 def test_only_a_server_of_its_own_is_shared(monkeypatch):
@@ -93,16 +119,19 @@ def _limit(limit: int, active: bool = True, decay: float = 0.0):
                                           limit=limit, active=active, active_slots=0, slot_decay_per_second=decay)
 
 
-def test_the_stricter_limit_wins_and_a_run_never_loosens_one():
-    assert reconcile(_limit(60), 20) == {"limit": 20}  # ours is stricter: lowered
-    assert reconcile(_limit(10), 20) == {}  # theirs is stricter: kept
+def test_a_limit_is_set_to_the_number_the_live_runs_agree_on():
+    """`reconcile` makes the limit the target (the smallest number a live run wants, see below)."""
+    assert reconcile(_limit(60), 20) == {"limit": 20}
+    assert reconcile(_limit(10), 20) == {"limit": 20}  # the stricter run is gone: raised
     assert reconcile(_limit(20), 20) == {}
     assert reconcile(_limit(20, active=False), 20) == {"active": True}  # inactive = no limit at all
     assert reconcile(_limit(20, decay=0.5), 20) == {"slot_decay_per_second": 0.0}  # decay frees slots early
-    assert reconcile(_limit(1000), None) == {}  # a run without tpm keeps (and obeys) another run's tpm
 
 
-def test_limits_are_created_and_tightened_on_a_real_server(prefect_env):
+def test_limits_are_created_and_tightened_on_a_real_server(prefect_env, tmp_path, monkeypatch):
+    """The strictest live run wins; the limit follows the configs once it is gone (issue 28
+    point 9: a lower limit set once was never raised); the preflight's probes take their slots."""
+    import tasks.pacing as pacing_mod
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
@@ -123,6 +152,42 @@ def test_limits_are_created_and_tightened_on_a_real_server(prefect_env):
         assert ensure_limits(client, names, ServiceConfig(model="openai/gpt-4o"))[names.tpm] == 5000
         assert ensure_limits(client, names, ServiceConfig(model="openai/gpt-4o", tpm=900))[names.tpm] == 900
         assert client.read_global_concurrency_limit_by_name(names.tpm).limit == 900
+
+        # The stricter runs end (their registrations are not renewed): the limit follows the
+        # config of the run still asking, up and down, and a tpm nobody wants paces nobody.
+        monkeypatch.setattr(pacing_mod, "REGISTRATION_S", 0.6, raising=False)
+        time.sleep(0.8)
+        assert ensure_limits(client, names, ServiceConfig(model="openai/gpt-4o", rpm=40, max_concurrency=8)) == {
+            names.rpm: 40, names.concurrency: 8}
+        assert client.read_global_concurrency_limit_by_name(names.rpm).limit == 40
+        assert ensure_limits(client, names, ServiceConfig(model="openai/gpt-4o", rpm=30))[names.rpm] == 30  # live: 30, 40
+        assert ensure_limits(client, names, ServiceConfig(model="openai/gpt-4o", rpm=50))[names.rpm] == 30
+        before = client.read_global_concurrency_limit_by_name(f"{names.rpm}~30").updated
+        ensure_limits(client, names, ServiceConfig(model="openai/gpt-4o", rpm=30))  # a live run renews its number
+        assert client.read_global_concurrency_limit_by_name(f"{names.rpm}~30").updated > before
+
+    # Every call on the key takes its slot, the preflight's probes included: one to the service,
+    # one to the judge (the same endpoint and key here), each an rpm slot held for the window.
+    monkeypatch.setattr(pacing_mod, "REGISTRATION_S", 600.0, raising=False)
+    from prefect.settings import get_current_settings
+
+    from llamaduo.config import load_config
+    from llamaduo.data import load_coverage
+    from llamaduo.preflight import probe_endpoints
+    from tests.test_run_lock import _config
+
+    monkeypatch.setattr(pacing_mod, "shared_server_url", lambda: get_current_settings().api.url)  # as if shared
+    monkeypatch.setenv("FAKE_SERVICE_KEY", "sk-probe-0123456789")
+    with FakeOpenAIServer(FakeBehaviour(pool=[{"instruction": "Route ticket 99", "response": "billing"}])) as service:
+        cfg = load_config(_config(tmp_path, service.url))
+        probe_names = limit_names(cfg.service_endpoint())
+        assert limit_names(cfg.judge_endpoint()) == probe_names
+        with pacing_mod.run_pacing(cfg):
+            stats = probe_endpoints(cfg, load_coverage(cfg.data, cfg.curate), tmp_path / "cache")
+        assert stats.calls == 2 and service.requests == 2
+    with get_client(sync_client=True) as client:
+        rpm = client.read_global_concurrency_limit_by_name(probe_names.rpm)
+        assert (rpm.limit, rpm.active_slots) == (cfg.service.rpm, 2)
 
 
 def test_window_slots_stay_taken_for_the_window_after_the_stage_and_then_go_back(prefect_env, tmp_path,
@@ -292,3 +357,55 @@ def _sync_client(server):
 
     with _api_url(server.api_url), get_client(sync_client=True) as client:
         yield client
+
+
+def test_the_clis_preflight_probes_go_through_the_keys_shared_pacer(tmp_path, monkeypatch, capsys):
+    """Issue 28 point 9: two runs on one key sent 24 requests in their first 60 s at rpm 20 — the
+    four probes bypassed the shared limit. The CLI's probe calls now go through the pacer
+    `shared_pacer` gives for the service's and the judge's endpoints."""
+    import flows.cli
+    import tasks.pacing as pacing_mod
+    from tests.test_run_lock import _config
+
+    class Recording(InProcessPacer):
+        sends = 0
+
+        @contextlib.asynccontextmanager
+        async def session(self):
+            async with super().session() as inner:
+                outer = self
+
+                class Counted:
+                    call = inner.call
+
+                    @contextlib.asynccontextmanager
+                    async def send(self, tokens):
+                        outer.sends += 1
+                        async with inner.send(tokens):
+                            yield
+
+                yield Counted()
+
+    asked: list[Endpoint] = []
+    recording = Recording(600, None, 4)
+
+    def fake_shared_pacer(endpoint, limits):
+        asked.append(endpoint)
+        return recording
+
+    class Planned(Exception):
+        pass
+
+    def stop(cfg, pf):  # right after the probe: the flow is not this test's business
+        assert pf.probe is not None and pf.probe.calls == 2
+        raise Planned
+
+    monkeypatch.setattr(pacing_mod, "shared_pacer", fake_shared_pacer)
+    monkeypatch.setattr(flows.cli, "plan", stop)
+    monkeypatch.setenv("FAKE_SERVICE_KEY", "sk-probe-0123456789")
+    with FakeOpenAIServer(FakeBehaviour(pool=[{"instruction": "Route ticket 99", "response": "billing"}])) as service:
+        with pytest.raises(Planned):
+            flows.cli.main(["run", str(_config(tmp_path, service.url)), "--workdir", str(tmp_path / "run")])
+        assert service.requests == 2
+    assert recording.sends == 2, "each probe call took its slot"
+    assert asked and asked[0].field == "service" and asked[0].api_base == service.url
