@@ -15,7 +15,8 @@ from llamaduo.calibration import agreement_stop, describe, judge_metric_for, pas
 from llamaduo.config import STANDIN_MODEL, RunConfig, provider_of
 from llamaduo.export import ADAPTER
 from llamaduo.formats import format_row
-from llamaduo.gate import STOP_JUDGE_DISAGREES, STOP_PASSED, best_round, decide
+from llamaduo.gate import STOP_JUDGE_DISAGREES, STOP_PASSED, best_round
+from llamaduo.gate import decide as gate_decision
 from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
 from llamaduo.loop import LoopState
 from llamaduo.records import (Artifact, Evaluation, ExportResult, FormatRow, MigrationResult, ServiceStats,
@@ -95,7 +96,7 @@ def _judge_formats(cfg: RunConfig, root: str, data: SplitResult, state: LoopStat
             try:
                 ev, state = judge_answers(cfg, root, state, data.test, fmt.answers, f"format {fmt.name}",
                                           f"formats/{fmt.name}/judged.jsonl")
-                gate = decide(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric),
+                gate = gate_decision(ev.metrics, cfg.gate, ev.per_item.get(cfg.gate.metric),
                               state.baselines.get(BASELINE_SERVICE), ev.judged_share, service_share(cfg, state))
             except StopLoop as stop:
                 not_judged = stop.state.stop_detail or stop.state.stop_reason or "stopped"

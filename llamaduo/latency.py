@@ -51,11 +51,11 @@ def _get(url: str, timeout: float = 5.0) -> dict:
 class _Endpoint:
     """`llamaduo serve MODEL_DIR --port 0` in a child process, until the `with` block ends."""
 
-    def __init__(self, model_dir: str | Path, *, system_prompt: str | None, max_batch: int, backend: str):
+    def __init__(self, model_dir: str | Path, *, system_prompt: str | None, backend: str):
         self.tmp = tempfile.TemporaryDirectory(prefix="llamaduo-latency-")
         ready, self.log = Path(self.tmp.name) / "ready.json", Path(self.tmp.name) / "serve.log"
         cmd = [sys.executable, "-m", "llamaduo.serve", str(model_dir), "--host", "127.0.0.1", "--port", "0",
-               "--max-batch", str(max_batch), "--backend", backend, "--ready-file", str(ready)]
+               "--engine", {"hf": "transformers"}.get(backend, backend), "--ready-file", str(ready)]
         cmd += ["--no-system-prompt"] if system_prompt is None else ["--system-prompt", system_prompt]
         with open(self.log, "wb") as log:
             self.child = Child(cmd, stdout=log, stderr=log, env={**os.environ, "TQDM_DISABLE": "1"})
@@ -114,7 +114,7 @@ def measure_student(model_dir: str | Path, prompts: list[str], *, system_prompt:
         raise ValueError("measure_student needs at least one prompt")
     if requests < 1 or batch_size < 1:
         raise ValueError("requests and batch_size must be at least 1")
-    with _Endpoint(model_dir, system_prompt=system_prompt, max_batch=batch_size, backend=backend) as ep:
+    with _Endpoint(model_dir, system_prompt=system_prompt, backend=backend) as ep:
         ep.chat(prompts[0], max_new_tokens)  # warm-up: first-call costs (allocations, kernels) are not latency
         timed = [ep.chat(prompts[i % len(prompts)], max_new_tokens) for i in range(requests)]
         latencies = [s for s, _ in timed]
@@ -125,7 +125,7 @@ def measure_student(model_dir: str | Path, prompts: list[str], *, system_prompt:
             wall = time.perf_counter() - t0
         health = ep.health
     usage = [r["usage"] for _, r in timed]
-    backend_name = f"{health['backend']} on {health['device']}"
+    backend_name = f"{health['engine']} on {health['device']}"
     note = (f"measured through `llamaduo serve` ({backend_name}) on loopback HTTP: {requests} requests one at a "
             f"time for p50/p95 (after 1 warm-up), {n} requests with {batch_size} in flight for throughput; greedy, "
             f"max_tokens={max_new_tokens}, {len(prompts)} distinct prompts, "

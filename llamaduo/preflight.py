@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .gguf_export import check_tools as check_gguf_tools
 from .config import Endpoint, RunConfig
 from .data import Splits, load_coverage
 from .errors import InputError
@@ -110,6 +111,7 @@ def preflight(cfg: RunConfig, workdir: str | Path | None = None, *, probe: bool 
         _key_present(ep)
         check_pricing(ep, cfg.budget)
     resolve_student(cfg.student.model, check=True)
+    check_gguf_tools(cfg.export.gguf)  # every asked-for GGUF type can be written here, before any spending
     check_backend(cfg.infer.backend)
     if workdir is not None:
         from .runstore import RunStore

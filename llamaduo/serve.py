@@ -1,41 +1,33 @@
 """`llamaduo serve RUN_DIR`: the exported student behind an OpenAI-compatible endpoint.
 
 An application swaps the service LLM for the student by changing two lines (`base_url`, `model`):
-`POST /v1/chat/completions` and `GET /v1/models` answer as OpenAI's API does (non-streaming).
+`POST /v1/chat/completions` (also `stream=true`), `GET /v1/models`, and Prometheus `GET /metrics`.
 
-The prompt is built as in training and evaluation: the run's system prompt (recorded at export in
-`final_model/llamaduo.json`) is prepended unless the request brings its own system message, the
-merged model's chat template is applied, and greedy decoding is the default (`temperature` absent
-or 0), with the run's `infer.max_new_tokens` as the default `max_tokens`. The transformers engine
-runs the same batch generation as `llamaduo.infer`, so a prompt gets the answer that was evaluated.
-
-Concurrent requests are batched: one generation thread takes every request waiting when it is free
-(up to `--max-batch`) and generates them together; requests that arrive meanwhile form the next
-batch. vLLM (CUDA, where installed) batches further inside its engine.
-
-FastAPI and uvicorn come with Prefect (its server is built on them): no new dependency.
+Generation is a maintained engine's (llamaduo/serve_engines.py: `transformers serve`, vLLM, llama.cpp's
+server), in a child process on a private loopback port; the front (llamaduo/serve_front.py) holds the
+operator's policy: the key, the body bound, the parameter allow-list, the `max_tokens` cap, the run's
+model id and system prompt (recorded at export in `final_model/llamaduo.json`; the exported chat
+template carries it too). Greedy decoding is the default, with the run's `infer.max_new_tokens` as the
+default `max_tokens`. What is served is what the run exported: every file is checked against the
+sha256 recorded at export, after every pull of a run directory at a URL.
 """
-# No `from __future__ import annotations`: FastAPI reads the request model from the endpoint's
-# annotation, and a model defined inside create_app cannot be resolved from a string.
 
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
-import threading
-import time
-import uuid
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .serve_front import DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 META_FILE = "llamaduo.json"  # beside the model card in final_model/: what serving needs from the run
 DEFAULT_MAX_NEW_TOKENS = 128  # InferConfig's default, for an export without llamaduo.json
-DEFAULT_MAX_BATCH = 16  # InferConfig.batch_size's default
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def served_model_id(name: str) -> str:
@@ -64,7 +56,6 @@ class ServedModel:
     model_id: str
     system_prompt: str | None
     max_new_tokens: int
-    max_batch: int
     recorded: bool  # settings found (llamaduo.json, or an older export's run config); else no system prompt
 
 
@@ -81,6 +72,11 @@ def locate(location: str | Path) -> ServedModel:
     if store.remote:
         store.pull("final_model")
         store.pull("summary.json")
+        if stale_files(store.local / "final_model"):  # a scratch copy of an earlier export: never served
+            import shutil
+
+            shutil.rmtree(store.local / "final_model", ignore_errors=True)
+            store.pull("final_model")
     top = store.local
     if _has_weights(top / "final_model" / "merged"):
         run_dir, export_dir = top, top / "final_model"
@@ -92,6 +88,10 @@ def locate(location: str | Path) -> ServedModel:
         raise InputError("no exported model here: expected the merged weights at "
                          f"{store.where('final_model/merged')}/config.json (a run writes final_model/ once it "
                          "has exported a round)", file=store.location)
+    stale = stale_files(export_dir)
+    if stale:
+        raise InputError(f"{len(stale)} file(s) differ from the sha256 recorded at export (first: {stale[0]}): "
+                         "not serving a model other than the one the run exported", file=str(export_dir / META_FILE))
     meta_path = export_dir / META_FILE
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else _from_invocation(run_dir)
@@ -100,8 +100,19 @@ def locate(location: str | Path) -> ServedModel:
     name = meta.get("name") or _summary_name(run_dir) or run_dir.name
     return ServedModel(model_dir=export_dir / "merged", model_id=meta.get("model_id") or served_model_id(name),
                        system_prompt=meta.get("system_prompt"),
-                       max_new_tokens=int(meta.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
-                       max_batch=int(meta.get("batch_size") or DEFAULT_MAX_BATCH), recorded=bool(meta))
+                       max_new_tokens=int(meta.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS), recorded=bool(meta))
+
+
+def stale_files(export_dir: Path) -> list[str]:
+    """Files of `final_model/` whose content is not what `llamaduo.json` recorded (missing included)."""
+    from .store import sha256_path
+
+    try:
+        recorded = json.loads((export_dir / META_FILE).read_text(encoding="utf-8")).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return []  # an export without hashes (older version): nothing to check against
+    return [rel for rel, digest in sorted(recorded.items())
+            if not (export_dir / rel).is_file() or sha256_path(export_dir / rel) != digest]
 
 
 def _from_invocation(run_dir: Path) -> dict:
@@ -143,231 +154,6 @@ def hardware_name(device: str) -> str:
     return f"{model or platform.processor() or platform.machine() or 'unknown CPU'} ({os.cpu_count()} cores)"
 
 
-# -- engines ---------------------------------------------------------------------------------------
-
-@dataclass
-class Completion:
-    text: str
-    completion_tokens: int
-    finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens reached)
-
-
-@dataclass
-class _Job:
-    ids: list[int]
-    max_new_tokens: int
-    temperature: float  # 0 = greedy
-    future: Future = field(default_factory=Future)
-
-
-class HFEngine:
-    """transformers, with `llamaduo.infer`'s batch generation (the evaluated answers' code path)."""
-    name = "transformers"
-
-    def __init__(self, model_dir: Path):
-        from .models import load_student, load_tokenizer
-
-        self.tok = load_tokenizer(str(model_dir))
-        self.tok.padding_side = "left"  # decoder-only batches pad on the left
-        self.model = load_student(str(model_dir), None)
-        self.device = self.model.device.type
-        self.context = getattr(self.model.config, "max_position_embeddings", None)
-
-    def generate(self, jobs: list[_Job]) -> list[Completion]:
-        from .infer import _generate_batch
-
-        temperature = jobs[0].temperature  # a batch shares it (the batcher groups by it)
-        sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
-        gen = _generate_batch(self.model, self.tok, [j.ids for j in jobs], samples=1, sampling=sampling,
-                              max_new_tokens=max(j.max_new_tokens for j in jobs))
-        eos = self.tok.eos_token_id
-        out = []
-        for job, row in zip(jobs, gen.tolist()):
-            # Greedy tokens do not depend on how long the batch's other rows run: cut at this request's limit.
-            row = row[:job.max_new_tokens]
-            n = row.index(eos) + 1 if eos in row else len(row)
-            out.append(Completion(self.tok.decode(row[:n], skip_special_tokens=True).strip(), n,
-                                  "stop" if eos in row else "length"))
-        return out
-
-
-class VLLMEngine:
-    """vLLM in this process (CUDA): its engine schedules the batch's requests together."""
-    name = "vllm"
-
-    def __init__(self, model_dir: Path):
-        from vllm import LLM
-
-        from .models import device, load_tokenizer
-
-        self.tok = load_tokenizer(str(model_dir))
-        self.llm = LLM(model=str(model_dir), seed=0,
-                       gpu_memory_utilization=float(os.environ.get("LLAMADUO_VLLM_GPU_MEMORY", "0.85")))
-        self.device = device()
-        self.context = None  # vLLM refuses an over-long prompt itself
-
-    def generate(self, jobs: list[_Job]) -> list[Completion]:
-        from vllm import SamplingParams
-
-        params = [SamplingParams(n=1, temperature=j.temperature, max_tokens=j.max_new_tokens,
-                                 seed=None if j.temperature == 0 else 0) for j in jobs]
-        outs = self.llm.generate([{"prompt_token_ids": j.ids} for j in jobs],
-                                 params[0] if all(p == params[0] for p in params) else params, use_tqdm=False)
-        done = []
-        for job, o in zip(jobs, outs):
-            c = o.outputs[0]
-            reason = getattr(c, "finish_reason", None)
-            done.append(Completion(c.text.strip(), len(c.token_ids), "length" if reason == "length" or (
-                reason is None and len(c.token_ids) >= job.max_new_tokens) else "stop"))
-        return done
-
-
-def load_engine(model_dir: Path, backend: str = "auto"):
-    from .infer import resolve_backend
-
-    return VLLMEngine(model_dir) if resolve_backend(backend) == "vllm" else HFEngine(model_dir)
-
-
-class Batcher:
-    """One generation thread: it takes every waiting request (up to `max_batch`) as one batch."""
-
-    def __init__(self, engine, max_batch: int):
-        import queue
-
-        self.engine, self.max_batch = engine, max(1, max_batch)
-        self.queue: "queue.Queue[_Job]" = queue.Queue()
-        self.batches, self.largest = 0, 0  # generate calls made, and the most requests one of them took
-        threading.Thread(target=self._loop, name="llamaduo-generate", daemon=True).start()
-
-    def submit(self, ids: list[int], max_new_tokens: int, temperature: float) -> Future:
-        job = _Job(ids, max_new_tokens, temperature)
-        self.queue.put(job)
-        return job.future
-
-    def _loop(self) -> None:
-        import queue
-
-        while True:
-            waiting = [self.queue.get()]
-            while len(waiting) < self.max_batch:
-                try:
-                    waiting.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            groups: dict[float, list[_Job]] = {}
-            for job in waiting:  # greedy and sampled requests cannot share one generate call
-                groups.setdefault(job.temperature, []).append(job)
-            for jobs in groups.values():
-                self.batches, self.largest = self.batches + 1, max(self.largest, len(jobs))
-                try:
-                    for job, c in zip(jobs, self.engine.generate(jobs)):
-                        job.future.set_result(c)
-                except Exception as exc:  # noqa: BLE001 - each waiting request gets the error
-                    for job in jobs:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
-
-
-# -- the HTTP app ------------------------------------------------------------------------------------
-
-def chat_token_ids(tok, messages: list[dict], system_prompt: str | None) -> list[int]:
-    """The prompt as `llamaduo.infer.prompt_token_ids` builds it: the run's system prompt first unless
-    the request has a system message, the chat template with the generation prompt, no extra BOS."""
-    if system_prompt and not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
-def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
-                        status_code=status)
-
-
-def create_app(served: ServedModel, engine, batcher: Batcher, *, hardware: str):
-    import asyncio
-    from typing import Literal
-
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from pydantic import BaseModel, ConfigDict, Field
-
-    class TextPart(BaseModel):
-        type: Literal["text"]
-        text: str
-
-    class Message(BaseModel):
-        model_config = ConfigDict(extra="ignore")
-        role: Literal["system", "developer", "user", "assistant"]
-        content: str | list[TextPart]
-
-    class ChatRequest(BaseModel):
-        model_config = ConfigDict(extra="ignore")  # top_p, seed, user, ...: accepted, not used
-        model: str
-        messages: list[Message] = Field(min_length=1)
-        max_tokens: int | None = Field(None, ge=1)
-        max_completion_tokens: int | None = Field(None, ge=1)  # newer clients send this name
-        temperature: float | None = Field(None, ge=0, le=2)
-        n: int = 1
-        stream: bool = False
-
-    app = FastAPI(title=f"llamaduo serve: {served.model_id}", docs_url=None, redoc_url=None)
-    created = int(time.time())
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request, exc: RequestValidationError):  # OpenAI's shape, so clients show it
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ())[1:])
-        return _error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request",
-                      param=where or None)
-
-    @app.get("/health")
-    def health():
-        return {"status": "ok", "model": served.model_id, "backend": engine.name, "device": engine.device,
-                "hardware": hardware, "system_prompt": served.system_prompt is not None,
-                "max_new_tokens": served.max_new_tokens, "max_batch": batcher.max_batch,
-                "batches": batcher.batches, "largest_batch": batcher.largest}
-
-    @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{"id": served.model_id, "object": "model", "created": created,
-                                            "owned_by": "llamaduo"}]}
-
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest):
-        if req.model != served.model_id:
-            return _error(404, f"model {req.model!r} is not served here; this endpoint serves {served.model_id!r}",
-                          "not_found_error", "model")
-        if req.stream:
-            return _error(400, "stream=true is not supported by llamaduo serve; send stream=false", param="stream")
-        if req.n != 1:
-            return _error(400, "only n=1 is supported", param="n")
-        messages = [{"role": "system" if m.role == "developer" else m.role,
-                     "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
-                    for m in req.messages]
-        ids = chat_token_ids(engine.tok, messages, served.system_prompt)
-        limit = req.max_completion_tokens or req.max_tokens or served.max_new_tokens
-        if engine.context:
-            if len(ids) >= engine.context:
-                return _error(400, f"the prompt is {len(ids)} tokens; the model's context is {engine.context}",
-                              param="messages")
-            limit = min(limit, engine.context - len(ids))
-        try:
-            c: Completion = await asyncio.wrap_future(batcher.submit(ids, limit, req.temperature or 0.0))
-        except Exception as exc:  # noqa: BLE001 - reported to the caller in OpenAI's shape
-            return _error(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": served.model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish_reason, "logprobs": None}],
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": c.completion_tokens,
-                          "total_tokens": len(ids) + c.completion_tokens}}
-
-    return app
-
-
 # -- command line ------------------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -375,72 +161,124 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (a folder or a URL) holding final_model/")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this "
-                   "machine only; 0.0.0.0 serves the network, without authentication)")
-    p.add_argument("--max-batch", type=int, default=None,
-                   help="concurrent requests generated together (default: the run's infer.batch_size)")
-    p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
-                   help="auto: vLLM where it is installed and CUDA is present, else transformers")
+                   "machine only; any other address needs --api-key-env)")
+    p.add_argument("--api-key-env", dest="api_key_env", default=None, metavar="VAR",
+                   help="environment variable holding the key callers must send (Authorization: Bearer KEY)")
+    p.add_argument("--max-tokens-cap", dest="max_tokens_cap", type=int, default=None,
+                   help="largest max_tokens a request may ask for (default: the run's infer.max_new_tokens)")
+    p.add_argument("--max-request-bytes", dest="max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help=f"largest request body (default {DEFAULT_MAX_REQUEST_BYTES})")
+    p.add_argument("--engine", choices=["auto", "transformers", "vllm"], default="auto",
+                   help="auto: vLLM where it is installed and CUDA is present, else transformers serve")
+    p.add_argument("--backend", dest="engine", choices=["auto", "transformers", "vllm", "hf"],
+                   help=argparse.SUPPRESS)  # the flag's old name; hf = transformers
     # For llamaduo.latency's child: no help (not for people).
     p.add_argument("--system-prompt", dest="system_prompt", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-system-prompt", dest="no_system_prompt", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", dest="ready_file", default=None, help=argparse.SUPPRESS)
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Exit 2 when RUN_DIR holds no exported model or the port is taken; otherwise serve until stopped."""
-    from .childproc import hold_lifeline
+def _fail(message: str) -> int:
     from .redact import redact
 
+    print(redact(f"error: {message}"), file=sys.stderr)
+    return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Exit 2 when RUN_DIR holds no exported model (or not the one recorded), the port is taken, or a
+    host beyond loopback has no key; otherwise serve until SIGTERM/SIGINT (then 0)."""
+    from .childproc import hold_lifeline
+    from .serve_engines import EngineProcess, resolve_engine
+
     hold_lifeline()  # started by a measuring parent (llamaduo.latency): do not outlive it
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env, "").strip()
+        if not api_key:
+            return _fail(f"--api-key-env {args.api_key_env}: the variable is not set or empty")
+    elif args.host not in LOOPBACK:
+        return _fail(f"--host {args.host} serves beyond this machine: name the key callers must send with "
+                     "--api-key-env VAR")
     try:
         served = locate(args.run_dir)
     except InputError as exc:
-        print(redact(f"error: {exc}"), file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     if args.no_system_prompt:
         served.system_prompt = None
     elif args.system_prompt is not None:
         served.system_prompt = args.system_prompt
-    if args.max_batch is not None:
-        served.max_batch = args.max_batch
+    cap = args.max_tokens_cap or served.max_new_tokens
+    if cap < 1 or args.max_request_bytes < 1:
+        return _fail("--max-tokens-cap and --max-request-bytes must be at least 1")
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:  # bound before the model loads: a taken port is reported at once
+    try:  # bound before the engine starts: a taken port is reported at once
         sock.bind((args.host, args.port))
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port",
-              file=sys.stderr)
-        return 2
+        return _fail(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port")
     port = sock.getsockname()[1]
     if not served.recorded:
         print(f"warning: {served.model_dir.parent / META_FILE} is missing (exported by an older version): serving "
               "without the run's system prompt", file=sys.stderr)
+    import torch
+
+    engine_name = resolve_engine("transformers" if args.engine == "hf" else args.engine, "merged")
+    cuda = torch.cuda.is_available()
+    engine = EngineProcess(engine_name, served.model_dir, cuda=cuda)
     try:
-        engine = load_engine(served.model_dir, args.backend)
-    except Exception as exc:  # noqa: BLE001 - a model that does not load: exit 1 with the reason
-        print(redact(f"error: cannot load {served.model_dir}: {type(exc).__name__}: {exc}"), file=sys.stderr)
+        engine.start()
+    except Exception as exc:  # noqa: BLE001 - a model the engine cannot load: exit 1 with the reason
+        from .redact import redact
+
+        print(redact(f"error: cannot serve {served.model_dir}: {exc}"), file=sys.stderr)
         return 1
-    hardware = hardware_name(engine.device)
-    app = create_app(served, engine, Batcher(engine, served.max_batch), hardware=hardware)
-    # 0.0.0.0 / :: listen everywhere; an application elsewhere reaches this machine by its name.
+    try:
+        return _run_front(args, served, engine, sock, port, cap, api_key, cuda)
+    finally:
+        engine.stop()
+
+
+def _run_front(args, served: ServedModel, engine, sock, port: int, cap: int, api_key: str | None, cuda: bool) -> int:
+    import uvicorn
+
+    from .serve_front import create_front, wrap
+    from .serve_policy import ServePolicy
+
+    hardware = hardware_name("cuda" if cuda else "cpu")
+    policy = ServePolicy(model_id=served.model_id, engine_model=engine.model_name, system_prompt=served.system_prompt,
+                         default_max_tokens=min(served.max_new_tokens, cap), max_tokens_cap=cap)
+    app = wrap(create_front(policy, engine.url, engine_name=engine.engine, hardware=hardware,
+                            device="cuda" if cuda else "cpu", model_dir=served.model_dir),
+               api_key=api_key, max_request_bytes=args.max_request_bytes)
     shown = socket.gethostname() if args.host in ("0.0.0.0", "::", "") else args.host
     base_url, model_line = swap_in_lines(served.model_id, shown, port)
-    print(f"serving {served.model_id} ({engine.name} on {engine.device}: {hardware}) at http://{args.host}:{port}/v1"
+    print(f"serving {served.model_id} ({engine.engine} on {'cuda' if cuda else 'cpu'}: {hardware}) at "
+          f"http://{args.host}:{port}/v1{' (key required)' if api_key else ''}"
           f"\nin your application: {base_url}, {model_line}  (Ctrl-C stops)", flush=True)
     if args.ready_file:
         from .store import atomic_write_json
 
-        atomic_write_json(args.ready_file, {"port": port, "model": served.model_id, "backend": engine.name,
-                                            "device": engine.device, "hardware": hardware})
-    import uvicorn
+        atomic_write_json(args.ready_file, {"port": port, "model": served.model_id, "backend": engine.engine,
+                                            "device": "cuda" if cuda else "cpu", "hardware": hardware})
+    # uvicorn stops on SIGTERM/SIGINT (finishing the requests in flight, up to 10 s), then raises the
+    # signal again for the handler it found: ours, so the engine is stopped and the exit status is 0.
+    def stopped(signum, _frame):
+        raise _Stopped(signum)
 
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stopped)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10))
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-                       ).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again for the default handler
-        print("stopped", file=sys.stderr)
-        return 130
+        server.run(sockets=[sock])
+    except _Stopped:
+        pass
+    print("stopped", file=sys.stderr)
     return 0
+
+
+class _Stopped(BaseException):
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
