@@ -571,7 +571,7 @@ def _formats_section(d: Decision) -> list[str]:
     for f in d.formats:
         parity = "–" if f.parity is None else f"{f.parity:+.3g}" + (
             f" [{f.parity_ci95[0]:+.3g}, {f.parity_ci95[1]:+.3g}]" if f.parity_ci95 else "")
-        rows.append([Raw(code_span(f.name)), Raw(_q(f.quality)), parity,
+        rows.append([Raw(code_span(f.name)), Raw(_q(f.quality)), Raw(parity),
                      "–" if f.identical_share is None else f"{f.identical_share:.0%}", _bytes(f.bytes),
                      _s(f.latency_p50_s), _s(f.latency_p95_s), usd(f.usd_per_1k), f.engine,
                      Raw("**ship**") if f.ship else Raw("**do not ship**: " + escape_inline(f.reason))])
