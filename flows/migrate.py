@@ -177,8 +177,9 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
         formats, state = _judge_formats(cfg, root, data, state, exp)
         for row in formats:
             log.info("format %s: %s", row.name, "ship" if row.ship else f"do not ship ({row.reason})")
-    summary = summary_for(state, cfg, data, passed=passed, final_model_dir=final_dir, exported=best,
-                          export_check=check)
+    # relative to the run directory: the summary stays true when the folder moves (or is pulled elsewhere)
+    summary = summary_for(state, cfg, data, passed=passed, final_model_dir="final_model" if final_dir else None,
+                          exported=best, export_check=check)
     _decision(cfg, root, data, summary, exported_model, formats)
     summary_path = write_summary(root, summary)
     log.info("done: passed=%s stop_reason=%s rounds=%d", passed, state.stop_reason,

@@ -104,7 +104,8 @@ def test_loop_fails_then_passes_and_rerun_is_free(e2e_setup):
             assert r["service"]["calls"] >= 4 * 2, "4 test items judged twice"
             assert {"synthesize", "curate", "finetune", "infer", "evaluate"} <= set(r["durations_s"])
         assert rounds[1]["train_rows"] == rounds[0]["train_rows"] + 16
-        final = Path(summary["final_model_dir"])
+        assert summary["final_model_dir"] == "final_model"  # relative: true wherever the run directory lies
+        final = workdir / summary["final_model_dir"]
         assert (final / "merged" / "model.safetensors").is_file() and (final / "adapter" / "adapter_config.json").is_file()
         card = (final / "README.md").read_text()
         assert "judge_score" in card and "Verdict for this model: **passed**" in card

@@ -194,7 +194,7 @@ def test_a_run_on_a_bucket_keeps_everything_there_and_a_rerun_pays_nothing(tmp_p
         assert not any(".checkpoints" in k for k in keys), "finished training leaves no checkpoints behind"
         assert not scratch_dir.exists() or not any(scratch_dir.rglob("*.safetensors")), "scratch copies removed"
         summary = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key="runs/e2e/summary.json")["Body"].read())
-        assert summary["final_model_dir"] == f"{url}/final_model"
+        assert summary["final_model_dir"] == "final_model"
         assert f"summary: {url}/summary.json" in first.stdout
 
         second = _run(cfg_path, url, env)  # a fresh machine's view: no scratch copy, the same URL
