@@ -31,7 +31,7 @@ from tasks.calibrate import calibrate
 from tasks.data import prepare_data, prepare_student
 from tasks.decision import decide, existing_artifact
 from tasks.evaluate import service_answers
-from tasks.export import export
+from tasks.export import export, push_model
 
 from .form import RunSettings
 from .gpu import GPU_DEPLOYMENT_ENV, run_gpu_stage
@@ -108,6 +108,19 @@ def _judge_formats(cfg: RunConfig, root: str, data: SplitResult, state: LoopStat
     return rows, state
 
 
+def _push(cfg: RunConfig, store: RunStore, formats: list[FormatRow]) -> None:
+    """export.push_to_hub: only the formats that ship (judged, at or above the gate)."""
+    log = get_run_logger()
+    shipped = [f.name for f in formats if f.ship]
+    if not shipped:
+        log.warning("export.push_to_hub: no format ships (each is below the gate or not judged): nothing pushed")
+        return
+    store.pull("final_model")
+    url = push_model(str(store.local / "final_model"), cfg.export.push_to_hub, cfg.export.hub_private, shipped,
+                     [f.name for f in formats], f"llamaduo: {cfg.name} ({', '.join(shipped)} judged on the test split)")
+    log.info("pushed %s to the Hub: %s", ", ".join(shipped), url)
+
+
 def _decision(cfg: RunConfig, root: str, data: SplitResult, summary: Summary, model: Artifact | None,
               formats: list[FormatRow]) -> None:
     """decision.json + decision.md: the page a reviewer signs (the student measured when exported)."""
@@ -181,6 +194,8 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
     summary = summary_for(state, cfg, data, passed=passed, final_model_dir="final_model" if final_dir else None,
                           exported=best, export_check=check)
     _decision(cfg, root, data, summary, exported_model, formats)
+    if cfg.export.push_to_hub and passed:
+        _push(cfg, store, formats)
     summary_path = write_summary(root, summary)
     log.info("done: passed=%s stop_reason=%s rounds=%d", passed, state.stop_reason,
              len([r for r in state.rounds if r.round >= 1]))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .gguf_export import check_tools as check_gguf_tools
+from .hub import check_token as check_hub_token
 from .config import Endpoint, RunConfig
 from .data import Splits, load_coverage
 from .errors import InputError
@@ -112,6 +113,8 @@ def preflight(cfg: RunConfig, workdir: str | Path | None = None, *, probe: bool 
         check_pricing(ep, cfg.budget)
     resolve_student(cfg.student.model, check=True)
     check_gguf_tools(cfg.export.gguf)  # every asked-for GGUF type can be written here, before any spending
+    if cfg.export.push_to_hub:
+        check_hub_token()
     check_backend(cfg.infer.backend)
     if workdir is not None:
         from .runstore import RunStore

@@ -408,3 +408,28 @@ def test_only_the_exported_files_are_served(run_dir, tmp_path, monkeypatch):
     scratch_target.write_bytes(original.replace(SYSTEM.encode(), SYSTEM.upper().encode()))
     served = locate(f"file://{copy}")
     assert scratch_target.read_bytes() == original and served.system_prompt == SYSTEM
+
+
+def test_push_to_hub_sends_only_what_ships_and_never_the_token(run_dir, monkeypatch):
+    """export.push_to_hub against a fake Hub on loopback (HF_ENDPOINT): private repo, the shipped formats
+    only (a format marked do-not-ship stays behind), no per-format answers; a wrong token's error
+    carries no token."""
+    from llamaduo.hub import push_export
+    from tests.fake_hub import FakeHub
+
+    final = run_dir["root"] / "final_model"
+    with FakeHub("hf_fake_token_123") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_123")
+        url = push_export(final, "acme/triage", private=True, shipped=["adapter", "merged"],
+                          formats=["adapter", "merged", "gguf-q8_0"], message="test")
+        files = hub.repos["acme/triage"]["files"]
+        assert hub.repos["acme/triage"]["private"] is True and url.startswith(hub.url)
+        assert "merged/model.safetensors" in files and "adapter/adapter_config.json" in files
+        assert "README.md" in files and "llamaduo.json" in files
+        assert hub.cards and hub.cards[0]["library_name"] == "transformers"  # the card's metadata validated
+        assert not any(f.startswith(("gguf/", "answers/")) for f in files) and "Modelfile" not in files
+        monkeypatch.setenv("HF_TOKEN", "hf_wrong_token_456")
+        with pytest.raises(RuntimeError) as e:
+            push_export(final, "acme/other", private=True, shipped=["merged"], formats=["merged"], message="x")
+        assert "hf_wrong_token_456" not in str(e.value) and "acme/other" in str(e.value)
