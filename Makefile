@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 WORKDIR ?= runs/demo
 
-.PHONY: install demo test test-integration ui-deps test-ui test-all clean test-distributed
+.PHONY: install demo test test-integration ui-deps test-ui test-all clean test-distributed llama-cpp test-formats
 
 install: $(STAMP)
 
@@ -54,6 +54,17 @@ distributed-deps: install
 
 test-distributed: distributed-deps
 	$(BIN)/python -m pytest -q -m distributed tests/
+
+# llama.cpp itself (llama-cpp-python compiled from the registry's source package, ~6-10 min on 2 cores):
+# the GGUF files are then answered and judged by llama.cpp, and `test-formats` can load them. Not in .ci/run.
+llama-cpp: install
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DLLAVA_BUILD=OFF" \
+		$(BIN)/python -m pip install -q "llama-cpp-python==0.3.36" diskcache
+
+# The demo's exported formats in other runtimes: llama.cpp on the q8_0 GGUF, the transformers pipeline on merged/.
+test-formats: llama-cpp
+	test -f $(WORKDIR)/final_model/llamaduo.json || $(MAKE) demo
+	LLAMADUO_DEMO_RUN=$(WORKDIR) $(BIN)/python -m pytest -q -m formats tests/test_demo_formats.py
 
 test-all: ui-deps
 	$(BIN)/python -m pytest -q -m ""
