@@ -100,6 +100,14 @@ def check_backend(backend: str) -> None:
         raise InputError("vLLM needs a CUDA GPU and none is visible; use backend: auto or hf", field="infer.backend")
 
 
+def teacher_retirement(cfg: RunConfig) -> list[str]:
+    """The service's and judge's retirement dates (litellm's model map), named in the plan and every run."""
+    from .config import STANDIN_MODEL
+    from .retirement import retirement_lines
+
+    return retirement_lines({"service": cfg.service.model, "judge": cfg.judge_model}, standin=STANDIN_MODEL)
+
+
 def preflight(cfg: RunConfig, workdir: str | Path | None = None, *, probe: bool = True) -> Preflight:
     synth_template(cfg.synth.prompt_template)
     judge_template(cfg.judge.prompt_template)
@@ -127,7 +135,7 @@ def preflight(cfg: RunConfig, workdir: str | Path | None = None, *, probe: bool 
 
     result = Preflight(splits=splits, estimate=run_estimate(cfg, splits.train, splits.val, splits.test),
                        warnings=warnings_for(cfg) + selection_warnings(len(splits.val), cfg.synth.seed_strategy)
-                       + embedding_warnings(cfg.judge, cfg.gate.metric))
+                       + embedding_warnings(cfg.judge, cfg.gate.metric) + teacher_retirement(cfg))
     if probe and workdir is not None:
         result.probe = probe_run_dir(cfg, splits, workdir)
     return result
