@@ -101,6 +101,8 @@ def _answer_llama_cpp(path: Path, messages: list[list[dict]], max_new_tokens: in
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=2048, n_threads=os.cpu_count() or 1, seed=0, verbose=False)
+    if messages:  # warm-up (first-call allocations are not latency); greedy, so its answer is the same
+        llm.create_chat_completion(messages=messages[0], temperature=0.0, max_tokens=max_new_tokens)
     answers, seconds = [], []
     for m in messages:
         t0 = time.perf_counter()

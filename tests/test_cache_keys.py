@@ -65,7 +65,7 @@ def test_cache_keys_follow_what_determines_each_output(tmp_path, tiny_model_dir)
         "student": {"model": str(tiny_model_dir)},
         "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "lora_r": 8, "lora_alpha": 16,
                   "quantization": "none"},
-        "infer": {"max_new_tokens": 4, "batch_size": 4},
+        "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
         "gate": {"metric": "judge_score", "threshold": 100, "max_rounds": 1},
         "budget": {"max_calls": 400, "max_usd": 0},
     }

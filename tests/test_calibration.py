@@ -424,7 +424,7 @@ def cli_setup(tmp_path, tiny_model_dir):
         "student": {"model": str(tiny_model_dir)},
         "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "lora_r": 4, "lora_alpha": 8,
                   "quantization": "none"},
-        "infer": {"max_new_tokens": 4, "batch_size": 4},
+        "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
         "gate": {"metric": "judge_score", "threshold": 50, "max_rounds": 1},
         "budget": {"max_calls": 200, "max_usd": 0},
     }

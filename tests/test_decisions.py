@@ -198,7 +198,7 @@ def small_run(tmp_path, tiny_model_dir):
         "judge": {"model": "openai/fake-judge", "embedding_model": None},
         "student": {"model": str(tiny_model_dir)},
         "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "quantization": "none"},
-        "infer": {"max_new_tokens": 4, "batch_size": 4},
+        "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
         "gate": {"metric": "judge_score", "threshold": 60, "max_rounds": 2, "baseline": True},
         "budget": {"max_calls": 200, "max_usd": 0},
     }

@@ -152,7 +152,7 @@ def _deploy_trigger(tmp_path, project_tmp, tiny_model_dir):
             "student": {"model": str(tiny_model_dir)},
             "train": {"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "max_length": 96, "lora_r": 8,
                       "lora_alpha": 16},
-            "infer": {"max_new_tokens": 4, "batch_size": 4},
+            "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
             "gate": {"threshold": 50, "max_rounds": 3}, "budget": {"max_calls": 400, "max_usd": 0}}
         (project_tmp / "deployed.yaml").write_text(yaml.safe_dump(config))
         params = {"config_path": str(project_tmp / "deployed.yaml"), "overrides": ["gate.threshold=50"],

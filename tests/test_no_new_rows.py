@@ -28,7 +28,7 @@ def test_a_warm_started_round_with_no_new_rows_stops_with_exit_4(tmp_path, tiny_
            "synth": {"rows_per_round": 8, "pairs_per_request": 4, "max_waves": 1},
            "student": {"model": str(tiny_model_dir)},
            "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "quantization": "none", "warm_start": True},
-           "infer": {"max_new_tokens": 4, "batch_size": 4},
+           "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
            "gate": {"threshold": 100, "max_rounds": 3}, "budget": {"max_usd": 0}}
     # the teacher only ever returns rows of the coverage set: curation drops every one as a duplicate
     with FakeOpenAIServer(FakeBehaviour(pool=ROWS)) as server:

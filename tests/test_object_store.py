@@ -168,7 +168,7 @@ def test_a_run_on_a_bucket_keeps_everything_there_and_a_rerun_pays_nothing(tmp_p
            "synth": {"rows_per_round": 8, "pairs_per_request": 4, "max_waves": 1},
            "student": {"model": str(tiny_model_dir)},
            "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "quantization": "none"},
-           "infer": {"max_new_tokens": 4, "batch_size": 4},
+           "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
            "gate": {"threshold": 1, "max_rounds": 1}, "budget": {"max_usd": 0}}
     url = f"s3://{BUCKET}/runs/e2e"
     scratch_dir = tmp_path / "scratch"

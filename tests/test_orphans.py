@@ -106,7 +106,7 @@ def test_sigkill_of_the_cli_ends_the_run_and_the_rerun_pays_nothing_twice(tmp_pa
            "synth": {"rows_per_round": 24, "pairs_per_request": 4, "max_waves": 2},
            "student": {"model": str(tiny_model_dir)},
            "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "quantization": "none"},
-           "infer": {"max_new_tokens": 4, "batch_size": 4},
+           "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
            "gate": {"threshold": 100, "max_rounds": 1}, "budget": {"max_usd": 0}}
     with HoldingServer(FakeBehaviour(latency_s=0.2, pool=_rows(200, 1000))) as server:
         cfg["service"]["api_base"] = server.url

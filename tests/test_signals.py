@@ -60,7 +60,7 @@ def setup(tmp_path, tiny_model_dir):
            "synth": {"rows_per_round": 40, "pairs_per_request": 4, "max_waves": 2},
            "student": {"model": str(tiny_model_dir)},
            "train": {"epochs": 1, "batch_size": 4, "max_length": 64, "quantization": "none"},
-           "infer": {"max_new_tokens": 4, "batch_size": 4},
+           "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
            "gate": {"threshold": 100, "max_rounds": 1}, "budget": {"max_usd": 0}}
     return tmp_path, cfg
 

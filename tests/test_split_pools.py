@@ -50,7 +50,7 @@ def _config(tmp_path: Path, tiny_model_dir: Path, api_base: str, name: str, max_
            # long enough to be killed mid-way, a checkpoint every few seconds
            "train": {"max_steps": max_steps, "save_steps": 25, "batch_size": 4, "max_length": 64,
                      "quantization": "none"},
-           "infer": {"max_new_tokens": 4, "batch_size": 4},
+           "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
            "gate": {"threshold": 1, "max_rounds": 1, "baseline": False}, "budget": {"max_usd": 0}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

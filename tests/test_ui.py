@@ -93,7 +93,7 @@ def test_round_report_plot_and_subflows_visible_in_the_ui(tmp_path, tiny_model_d
               "student": {"model": str(tiny_model_dir)},
               "train": {"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "max_length": 96, "lora_r": 8,
                         "lora_alpha": 16, "quantization": "none"},
-              "infer": {"max_new_tokens": 4, "batch_size": 4},
+              "infer": {"max_new_tokens": 4, "batch_size": 4}, "export": {"gguf": []},
               "gate": {"threshold": 50, "max_rounds": 2, "baseline": True}, "budget": {"max_usd": 0}}
     with FakeOpenAIServer(FakeBehaviour(pool=rows(1000, 200))) as fake:
         config["service"]["api_base"] = fake.url
