@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check config and data, print the plan")
     val.add_argument("config")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    from llamaduo.capture import add_arguments as add_capture_arguments
     from llamaduo.serve import add_arguments as add_serve_arguments
+
+    add_capture_arguments(sub.add_parser("capture", help="record what your application asks the service LLM "
+                                         "(an OpenAI-compatible pass-through) as coverage for the next run"))
 
     add_serve_arguments(sub.add_parser("serve", help="serve an exported model behind an OpenAI-compatible API "
                                        "(/v1/chat/completions, /v1/models)"))
@@ -120,6 +125,10 @@ def _stop_children() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "capture":
+        from llamaduo.capture import capture
+
+        return capture(args)
     if args.command == "serve":  # no config: everything it needs was recorded at export
         from llamaduo.serve import serve
 
@@ -132,17 +141,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from llamaduo.lease import take_lease
 
+    from llamaduo.capture_coverage import describe, resolve_capture_data, validate_view
+
     store = run_lock = run_lease = None
+    captured = None
+    scratch = tempfile.TemporaryDirectory(prefix="llamaduo-validate-")
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command == "run":  # a folder, or a URL (s3://bucket/prefix): stages work in a scratch copy
             store = RunStore(args.workdir or Path("runs") / cfg.name)
-        pf = preflight(cfg, store.location if store else None, probe=False)
-        if args.command == "run":
-            # Taken before the probe writes into the directory, held until this process ends (and
-            # by the flow child it hands it to): a second run on the directory exits 2 here.
+            # Taken before anything is written into the directory (the capture snapshot, the probe), held
+            # until this process ends (and by the flow child it hands it to): a second run exits 2 here.
             run_lock = lock_run_dir(store.local)
             run_lease = take_lease(store)  # S3: the same lock across machines (None elsewhere)
+            cfg, captured = resolve_capture_data(cfg, store.local, pull=store.pull if store.remote else None,
+                                                 push=store.push if store.remote else None)
+        else:
+            cfg, captured = validate_view(cfg, Path(scratch.name))
+        pf = preflight(cfg, store.location if store else None, probe=False)
+        if args.command == "run":
             from tasks.pacing import run_pacing
 
             with run_pacing(cfg):  # on a shared Prefect server the probes take their slots on the key
@@ -152,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             run_lease.release()
         print(redact(f"error: {exc}"), file=sys.stderr)  # Hub and provider errors may echo a key
         return EXIT_INPUT
+    if captured is not None:
+        print(describe(captured))
     print(plan(cfg, pf))
     if args.command == "validate":
         print("config and data are valid")

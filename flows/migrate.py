@@ -263,6 +263,12 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
     from tasks.pacing import run_pacing
 
     with take_lease(store) or nullcontext():  # S3: held across machines (two workers of one pool)
+        from llamaduo.capture_coverage import describe, resolve_capture_data
+
+        cfg, captured = resolve_capture_data(cfg, store.local, pull=store.pull if store.remote else None,
+                                             push=store.push if store.remote else None)
+        if captured is not None:
+            get_run_logger().info(describe(captured))
         pf = preflight(cfg, store.location, probe=False)
         with run_pacing(cfg):  # the probes take their slots on the key like every other call
             pf.probe = probe_run_dir(cfg, pf.splits, store.location)

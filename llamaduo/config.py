@@ -407,6 +407,39 @@ class ExportConfig(_Section):
         return v
 
 
+class CaptureConfig(_Section):
+    """`llamaduo capture`: what is kept of the application's exchanges. Nothing here changes a run's
+    output once the rows are captured (operational)."""
+    redact: list[Literal["email", "phone"]] = Field(
+        default_factory=lambda: ["email", "phone"], description="Built-in patterns replaced before an exchange "
+        "is written ([EMAIL], [PHONE]).", json_schema_extra=OPERATIONAL)
+    redact_patterns: list[str] = Field(default_factory=list, description="Your own regular expressions; each "
+                                       "match is replaced by [REDACTED] before an exchange is written.",
+                                       json_schema_extra=OPERATIONAL)
+    category_header: str = Field("X-LlamaDuo-Category", description="Request header whose value is recorded as "
+                                 "the exchange's category (the caller's tag; absent = none).",
+                                 json_schema_extra=OPERATIONAL)
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compiles(cls, v: list[str]) -> list[str]:
+        for i, pattern in enumerate(v):
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"item {i}: not a regular expression ({exc})") from None
+            if compiled.match(""):
+                raise ValueError(f"item {i}: matches the empty string (it would redact between every character)")
+        return v
+
+    @field_validator("category_header")
+    @classmethod
+    def _header_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", v):
+            raise ValueError("must be an HTTP header name (letters, digits, '-')")
+        return v
+
+
 class RunConfig(_Section):
     name: str = Field("migration", description="Run name (flow run names, model card, the default run "
                       "directory runs/<name>): letters, digits, '.', '_', '-', at most 64, no '..'.")
@@ -422,6 +455,7 @@ class RunConfig(_Section):
     budget: BudgetConfig = BudgetConfig()
     decision: DecisionConfig = DecisionConfig()
     export: ExportConfig = ExportConfig()
+    capture: CaptureConfig = CaptureConfig()
 
     @field_validator("name")
     @classmethod
@@ -534,7 +568,7 @@ def _resolve_paths(raw: dict, base: Path) -> None:
         value = (raw.get(section) or {}).get(key)
         if isinstance(value, str) and value.startswith("~"):
             value = raw[section][key] = str(Path(value).expanduser())
-        if isinstance(value, str) and value and not Path(value).is_absolute():
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
             candidate = base / value
             if candidate.exists() or not Path(value).exists():
                 raw[section][key] = str(candidate)
@@ -653,6 +687,8 @@ def check_run_overrides(overrides: list[str], allowed: list[str] | tuple[str, ..
             raise InputError("must be a path (text)", field=key)
         if key.endswith("prompt_template") and not is_file_spec(value):
             continue  # inline template text, not a path (rendered in the sandbox)
+        if "://" in value:  # a store (a capture location on s3://): the operator's config names those
+            raise InputError("must be a path inside the project directory, not a URL", field=key)
         if not all(_inside(project_dir, c) for c in override_path_candidates(key, value, project_dir, config_dir)):
             raise InputError("must stay inside the project directory (checked after expanding ~ and resolving "
                              ".. and symlinks)", field=key)

@@ -5,7 +5,7 @@ class InputError(Exception):
     """Invalid config or data. The message names the file, line/row and field."""
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None, field: str | None = None):
-        self.file, self.line, self.field = file, line, field
+        self.file, self.line, self.field, self.message = file, line, field, message
         where = ""
         if file:
             where = str(file)

@@ -30,8 +30,17 @@ def is_url(location: str | Path) -> bool:
     return "://" in str(location)
 
 
-def canonical_location(location: str | Path) -> str:
-    """The one spelling of `location` (see the module's note); InputError when it has none."""
+def canonical_location(location: str | Path, field: str = FIELD) -> str:
+    """The one spelling of `location` (see the module's note); InputError (naming `field`) when it has none."""
+    try:
+        return _canonical(location)
+    except InputError as exc:
+        if field == FIELD:
+            raise
+        raise InputError(exc.message, field=field) from None
+
+
+def _canonical(location: str | Path) -> str:
     text = str(location).strip()
     if not is_url(text):
         return str(Path(text).expanduser().resolve())

@@ -310,6 +310,9 @@ class Summary(_Record):
     rounds: list[RoundRecord] = Field(default_factory=list)
     calibration: "Calibration | None" = Field(None, description="The judge's agreement with people's ratings "
                                               "(judge.calibration_path); null = the judge is not calibrated.")
+    capture_snapshot: dict | None = Field(None, description="A run on captured traffic (data.path a capture "
+                                          "location): the shards it read, each with its sha256, and what was "
+                                          "not usable; null otherwise.")
 
 
 class Invocation(_Record):

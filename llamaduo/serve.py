@@ -256,6 +256,7 @@ def _run_front(args, served: ServedModel, engine, sock, port: int, cap: int, api
     print(f"serving {served.model_id} ({engine.engine} on {'cuda' if cuda else 'cpu'}: {hardware}) at "
           f"http://{args.host}:{port}/v1{' (key required)' if api_key else ''}"
           f"\nin your application: {base_url}, {model_line}  (Ctrl-C stops)", flush=True)
+    sock.listen(2048)  # connections queue from now on (the engine is up): the ready file may be read before uvicorn starts
     if args.ready_file:
         from .store import atomic_write_json
 

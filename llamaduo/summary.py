@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .capture_coverage import MANIFEST as CAPTURE_MANIFEST
 from .records import Summary
 from .runstore import RunStore
 
@@ -29,6 +30,9 @@ def write_summary(root: str, summary: Summary, *, in_progress: bool = False) -> 
         summary = summary.model_copy(update={**verdict, "in_progress": True})
     else:
         summary = summary.model_copy(update={"in_progress": False})
+    snapshot = store.read_bytes(CAPTURE_MANIFEST)  # a run on captured traffic: which shards it read
+    if snapshot is not None:
+        summary = summary.model_copy(update={"capture_snapshot": json.loads(snapshot)})
     store.write_text(SUMMARY, json.dumps(summary.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
     return store.where(SUMMARY)
 

@@ -143,6 +143,32 @@ class FakeOpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client is gone (killed, timed out)
                     return False
 
+            def _stream(self, body: dict, text: str, prompt_tokens: int) -> bool:
+                base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": body.get("model", "fake")}
+                words = text.split(" ")
+                events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                "finish_reason": None}]}]
+                events += [{**base, "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w},
+                                                 "finish_reason": None}]} for i, w in enumerate(words)]
+                events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    events.append({**base, "choices": [], "usage": {
+                        "prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                        "total_tokens": prompt_tokens + len(words)}})
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    for event in events:
+                        self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return True
+                except (BrokenPipeError, ConnectionResetError):
+                    return False
+
             def do_POST(self):  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 b = server.behaviour
@@ -187,14 +213,17 @@ class FakeOpenAIServer:
                 if roll < b.p_500 + b.p_hang + b.p_malformed:
                     server.statuses["malformed"] += 1
                     text = text[: len(text) // 3]  # truncated JSON
-                delivered = self._send(200, {
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model", "fake"),
-                    "choices": [{"index": 0, "finish_reason": b.synth_finish_reason if kind == "synth" else "stop",
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
-                              "total_tokens": (len(prompt) + len(text)) // 4},
-                })
+                if body.get("stream"):  # as OpenAI streams: word chunks, a finish chunk, usage when asked, [DONE]
+                    delivered = self._stream(body, text, len(prompt) // 4)
+                else:
+                    delivered = self._send(200, {
+                        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                        "model": body.get("model", "fake"),
+                        "choices": [{"index": 0, "finish_reason": b.synth_finish_reason if kind == "synth" else "stop",
+                                     "message": {"role": "assistant", "content": text}}],
+                        "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
+                                  "total_tokens": (len(prompt) + len(text)) // 4},
+                    })
                 if delivered:  # only a reply the client received counts as answered (and paid)
                     with server._lock:
                         server.answered[hashlib.sha256(raw).hexdigest()] += 1

@@ -1,0 +1,121 @@
+"""`llamaduo capture CONFIG --store LOCATION`: put the migration's coverage where the traffic is.
+
+The application points its OpenAI client at this endpoint instead of the service LLM (two lines:
+`base_url`, and an `api_key` when a key is required); it gets the service's answers as before, and
+every answered exchange lands in LOCATION (llamaduo.capture_store) with e-mail addresses, phone
+numbers, the config's `capture.redact_patterns` and every known key removed. A run whose `data.path`
+names LOCATION migrates what the application really asks (llamaduo.capture_coverage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+
+from .errors import InputError
+
+DEFAULT_PORT = 8100
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="the run config: its service section is the LLM passed through to")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
+    p.add_argument("--store", required=True, metavar="LOCATION",
+                   help="capture location: a folder or a URL (s3://bucket/prefix); a run's data.path names it")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other "
+                   "needs --api-key-env)")
+    p.add_argument("--api-key-env", dest="api_key_env", default=None, metavar="VAR",
+                   help="environment variable holding the key the application must send (Authorization: Bearer)")
+    p.add_argument("--max-request-bytes", dest="max_request_bytes", type=int, default=4_000_000,
+                   help="largest request body (default 4000000)")
+    p.add_argument("--ready-file", dest="ready_file", default=None, help=argparse.SUPPRESS)
+
+
+def _fail(message: str) -> int:
+    from .redact import redact
+
+    print(redact(f"error: {message}"), file=sys.stderr)
+    return 2
+
+
+def capture(args: argparse.Namespace) -> int:
+    """Exit 2 on a bad config, store, port or key setting; otherwise serve until SIGTERM/SIGINT (then 0)."""
+    from .capture_store import CaptureStore
+    from .config import load_config
+    from .pii import PiiRedactor
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.service_endpoint().is_standin:
+            raise InputError("the offline stand-in answers from a pool: there is no service to capture in front of "
+                             "(name the service LLM your application calls)", field="service.model")
+        store = CaptureStore(args.store)
+        store.create(cfg.service.model)
+    except InputError as exc:
+        return _fail(str(exc))
+    proxy_key = None
+    if args.api_key_env:
+        proxy_key = os.environ.get(args.api_key_env, "").strip()
+        if not proxy_key:
+            return _fail(f"--api-key-env {args.api_key_env}: the variable is not set or empty")
+    elif args.host not in LOOPBACK:
+        return _fail(f"--host {args.host} listens beyond this machine: name the key callers must send with "
+                     "--api-key-env VAR")
+    service_key = None
+    if cfg.service.api_key_env:
+        service_key = os.environ.get(cfg.service.api_key_env, "").strip() or None
+        if service_key is None:
+            return _fail(f"service.api_key_env: {cfg.service.api_key_env} is not set")
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port")
+    sock.listen(2048)  # connections queue from now on: the ready file may be read before uvicorn starts
+    port = sock.getsockname()[1]
+
+    import uvicorn
+
+    from .capture_proxy import create_capture_app
+    from .serve_front import wrap
+
+    bare = cfg.service.model.split("/", 1)[-1]
+    names = {cfg.service.model, bare}
+    proxy = create_capture_app(service=cfg.service_endpoint(), api_key=service_key, model_names=names,
+                             redactor=PiiRedactor(cfg.capture.redact, cfg.capture.redact_patterns), store=store,
+                             category_header=cfg.capture.category_header, timeout_s=cfg.service.timeout_s)
+    app = wrap(proxy, api_key=proxy_key, max_request_bytes=args.max_request_bytes)
+    print(f"capturing {cfg.service.model} exchanges into {store.shown} at http://{args.host}:{port}/v1"
+          f"{' (key required)' if proxy_key else ''}\nin your application: base_url=\"http://{args.host}:{port}/v1\""
+          f", model=\"{bare}\" (tag a category with the {cfg.capture.category_header} header; Ctrl-C stops)",
+          flush=True)
+    if args.ready_file:
+        from .store import atomic_write_json
+
+        atomic_write_json(args.ready_file, {"port": port})
+
+    class _Stopped(BaseException):
+        pass
+
+    def stopped(signum, _frame):
+        raise _Stopped(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stopped)
+    # uvicorn finishes the requests in flight (their exchanges are committed before they are answered).
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10))
+    try:
+        server.run(sockets=[sock])
+    except _Stopped:
+        pass
+    c = proxy.state.committer
+    print(f"stopped: {c.recorded} exchange(s) recorded in {c.shards} shard(s)"
+          + (f", {c.unrecorded} NOT recorded (last error: {c.last_error})" if c.unrecorded else ""), file=sys.stderr)
+    return 0
