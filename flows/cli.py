@@ -142,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     from llamaduo.lease import take_lease
 
     from llamaduo.capture_coverage import describe, resolve_capture_data, validate_view
+    from llamaduo.promotion import freeze_champion
 
     store = run_lock = run_lease = None
-    captured = None
+    captured = champion = None
     scratch = tempfile.TemporaryDirectory(prefix="llamaduo-validate-")
     try:
         cfg = load_config(args.config, args.overrides)
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             run_lease = take_lease(store)  # S3: the same lock across machines (None elsewhere)
             cfg, captured = resolve_capture_data(cfg, store.local, pull=store.pull if store.remote else None,
                                                  push=store.push if store.remote else None)
+            champion = freeze_champion(cfg, store.local, pull=store.pull if store.remote else None,
+                                       push=store.push if store.remote else None)
         else:
             cfg, captured = validate_view(cfg, Path(scratch.name))
         pf = preflight(cfg, store.location if store else None, probe=False)
@@ -171,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     if captured is not None:
         print(describe(captured))
+    if champion is not None:
+        print(f"champion: {champion['run']} (promoted {champion['time']}): this run's challenger replaces it only "
+              f"when better beyond noise on the test split")
     print(plan(cfg, pf))
     if args.command == "validate":
         print("config and data are valid")

@@ -19,6 +19,8 @@ from llamaduo.gate import STOP_JUDGE_DISAGREES, STOP_PASSED, best_round
 from llamaduo.gate import decide as gate_decision
 from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
 from llamaduo.loop import LoopState
+from llamaduo.promotion import CHAMPION_ADAPTER, decide_promotion
+from llamaduo.redact import strip_credentials
 from llamaduo.records import (Artifact, Evaluation, ExportResult, FormatRow, MigrationResult, ServiceStats,
                               SplitResult, StudentRef, Summary)
 from llamaduo.standin import LABEL as STANDIN_LABEL
@@ -32,13 +34,14 @@ from tasks.data import prepare_data, prepare_student
 from tasks.decision import decide, existing_artifact
 from tasks.evaluate import service_answers
 from tasks.export import export, push_model
+from tasks.promote import champion_for_run, promote
 
 from .form import RunSettings
 from .gpu import GPU_DEPLOYMENT_ENV, run_gpu_stage
 from .operator import operator_setting as _operator_setting
 from .report import publish_round
 from .round import migration_round
-from .stages import evaluate_student, judge_answers, round_record, service_share, service_stage
+from .stages import answer_and_judge, evaluate_student, judge_answers, round_record, service_share, service_stage
 from .state import StopLoop, summary_for
 
 
@@ -84,7 +87,7 @@ def _base_student(cfg: RunConfig, root: str, student: StudentRef, data: SplitRes
 
 
 def _judge_formats(cfg: RunConfig, root: str, data: SplitResult, state: LoopState, exp: ExportResult
-                   ) -> tuple[list[FormatRow], LoopState]:
+                   ) -> tuple[list[FormatRow], LoopState, dict[str, float]]:
     """Every exported format's answers judged as a round's are (same judge, same test split: answers
     identical to judged ones come from the reply cache, free) and the gate applied to them. A budget or
     failing-service stop leaves the remaining formats "not judged" (never shipped) without changing the
@@ -105,7 +108,63 @@ def _judge_formats(cfg: RunConfig, root: str, data: SplitResult, state: LoopStat
             evaluated = ev.per_item_by_id.get(cfg.gate.metric, {})
         rows.append(format_row(fmt, ev, gate, metric=cfg.gate.metric, evaluated=evaluated,
                                pass_score=cfg.gate.threshold, not_judged=not_judged))
-    return rows, state
+    return rows, state, evaluated
+
+
+def _champion_vs_challenger(cfg: RunConfig, store: RunStore, student: StudentRef, data: SplitResult,
+                            state: LoopState, champion: dict | None, challenger: dict[str, float], passed: bool,
+                            formats: list[FormatRow]) -> tuple[dict, LoopState]:
+    """The champion judged on this run's test split (same judge; its answers are its own), the
+    promotion decided on the paired per-item differences, and — when the challenger wins — written
+    to promote.location with a `llamaduo.model.promoted` event for automations."""
+    log = get_run_logger()
+    champion_scores = None
+    if champion is not None:
+        adapter = Artifact.of(store.local, CHAMPION_ADAPTER)
+        try:
+            ev, _, state = answer_and_judge(cfg, store.location, state, student, adapter, data.test, "champion/",
+                                            "champion", {})
+            champion_scores = ev.per_item_by_id.get(cfg.gate.metric, {})
+        except StopLoop as stop:  # budget or a failing judge: no comparison, so no promotion
+            log.warning("the champion could not be judged: %s", stop)
+            state = stop.state.stopped(state.stop_reason, state.stop_detail)
+    blocking = [f for f in formats if f.name in ("adapter", "merged") and not f.ship]
+    decision = decide_promotion(passed=passed and not blocking, challenger=challenger, champion=champion_scores,
+                                has_champion=champion is not None, min_gain=cfg.promote.min_gain,
+                                metric=cfg.gate.metric)
+    if passed and blocking:
+        decision["reason"] = f"format {blocking[0].name} does not ship ({blocking[0].reason})"
+    decision["champion"] = {k: champion.get(k) for k in ("run", "model_sha256", "time", "name")} if champion else None
+    if decision["promote"]:
+        record = promote(cfg.promote.location, run=strip_credentials(store.location),
+                         final_model_dir=str(store.local / "final_model"), student=cfg.student.model, name=cfg.name,
+                         verdict={k: decision[k] for k in ("metric", "challenger_mean", "reason")},
+                         versus={k: decision[k] for k in ("champion_mean", "difference", "difference_ci95", "items")}
+                         if champion else None, previous=champion)
+        if record["refused"]:
+            decision.update(promote=False, reason=record["refused"])
+        else:
+            fresh = record["record"]["time"] == record["written_time"]
+            record = record["record"]
+            decision["promoted"] = {k: record[k] for k in ("model_sha256", "time", "model_dir")}
+            if fresh:  # a re-run finds its model already promoted: no second event
+                _announce(cfg, record)
+    log.info("promotion: %s — %s", "promoted" if decision["promote"] else "kept the champion"
+             if champion else "not promoted", decision["reason"])
+    return decision, state
+
+
+def _announce(cfg: RunConfig, record: dict) -> None:
+    """The Prefect event automations react to (e.g. redeploy the serving side)."""
+    from prefect.events import emit_event
+
+    from llamaduo.promotion import EVENT, PromotionStore
+    from llamaduo.store import sha256_text
+
+    location = PromotionStore(cfg.promote.location)
+    emit_event(event=EVENT, resource={"prefect.resource.id": f"llamaduo.promotion.{sha256_text(location.location)[:16]}",
+                                      "prefect.resource.name": cfg.name, "llamaduo.promote.location": location.shown},
+               payload={k: record[k] for k in ("run", "model_dir", "model_sha256", "student", "time", "verdict")})
 
 
 def _push(cfg: RunConfig, store: RunStore, formats: list[FormatRow]) -> None:
@@ -160,6 +219,12 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
              data.test_rows, data.removed or "none")
     state = LoopState(train_parts=[data.train], train_rows=data.train_rows, spent=preflight_spend or ServiceStats(),
                       preflight=preflight_spend or ServiceStats())
+    champion = champion_for_run(cfg, str(store.local), store.url) if cfg.promote.location else None
+    if champion is not None:
+        log.info("champion: %s (promoted %s); the challenger must beat it on this run's test split",
+                 champion["run"], champion["time"])
+        if cfg.promote.warm_start and cfg.train.warm_start:  # round 1 continues the champion's adapter
+            state = state.model_copy(update={"champion_adapter": Artifact.of(store.local, CHAMPION_ADAPTER)})
     try:
         if cfg.judge.calibration_path:  # first: a judge people disagree with must not steer training
             state = _calibrate_judge(cfg, root, state)
@@ -174,7 +239,7 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
         state = migration_round(cfg, root, student, data, 1, state)
     best = best_round(state.rounds, cfg.gate.metric)
     passed = state.stop_reason == STOP_PASSED
-    final_dir, check, exported_model, formats = None, None, None, []
+    final_dir, check, exported_model, formats, promotion = None, None, None, [], None
     if best is not None:
         label = STANDIN_LABEL if cfg.service.model == STANDIN_MODEL else "service LLM"
         exp, _ = run_gpu_stage(export, "final_model", root=root, student=student, best=best,
@@ -187,12 +252,17 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
             log.warning("the exported 16-bit weights answered %d of %d test items differently from the evaluated "
                         "adapter (each format is judged on its own answers)", check.checked - check.matched,
                         check.checked)
-        formats, state = _judge_formats(cfg, root, data, state, exp)
+        formats, state, evaluated = _judge_formats(cfg, root, data, state, exp)
         for row in formats:
             log.info("format %s: %s", row.name, "ship" if row.ship else f"do not ship ({row.reason})")
+        if cfg.promote.location:
+            promotion, state = _champion_vs_challenger(cfg, store, student, data, state, champion, evaluated, passed,
+                                                       formats)
     # relative to the run directory: the summary stays true when the folder moves (or is pulled elsewhere)
     summary = summary_for(state, cfg, data, passed=passed, final_model_dir="final_model" if final_dir else None,
                           exported=best, export_check=check)
+    if promotion is not None:
+        summary = summary.model_copy(update={"promotion": promotion})
     _decision(cfg, root, data, summary, exported_model, formats)
     if cfg.export.push_to_hub and passed:
         _push(cfg, store, formats)
@@ -269,6 +339,10 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
                                              push=store.push if store.remote else None)
         if captured is not None:
             get_run_logger().info(describe(captured))
+        from llamaduo.promotion import freeze_champion
+
+        freeze_champion(cfg, store.local, pull=store.pull if store.remote else None,
+                        push=store.push if store.remote else None)  # an input error here is exit 2, not a crash
         pf = preflight(cfg, store.location, probe=False)
         with run_pacing(cfg):  # the probes take their slots on the key like every other call
             pf.probe = probe_run_dir(cfg, pf.splits, store.location)

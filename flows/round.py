@@ -86,6 +86,10 @@ def migration_round(cfg: RunConfig, workdir: str, student: StudentRef, data: Spl
             log.info("round %d: warm start from the previous adapter on %d new + %d replayed rows", round_no,
                      ws.new_rows, ws.replayed_rows)
             train_on, init_adapter = ws.train, state.last_adapter
+        elif state.champion_adapter is not None and round_no == 1:
+            # new traffic is in the coverage rows: the champion continues on all of them, not a replay sample
+            log.info("round 1: warm start from the champion's adapter on all %d training rows", ts.rows)
+            init_adapter = state.champion_adapter
         ft, fresh = run_gpu_stage(finetune, f"{rdir}/adapter", root=workdir, train=cfg.train, student=student,
                               system_prompt=cfg.student.system_prompt, training_set=train_on,
                               init_adapter=init_adapter, out=f"{rdir}/adapter")

@@ -440,6 +440,30 @@ class CaptureConfig(_Section):
         return v
 
 
+class PromoteConfig(_Section):
+    """Champion and challenger (llamaduo/promotion.py)."""
+    location: str | None = Field(None, description="Folder or URL holding promoted.json (the model in service) "
+                                 "and its history; null = no promotion. A run warm-starts from the champion there "
+                                 "and replaces it only when better beyond noise.", json_schema_extra=OPERATIONAL)
+    min_gain: float = Field(0.0, description="The challenger replaces the champion only when the 95% paired "
+                            "bootstrap interval of its per-item gain on the gate metric lies above this.",
+                            json_schema_extra=OPERATIONAL)
+    warm_start: bool = Field(True, description="Round 1 continues the champion's adapter (with train.warm_start) "
+                             "instead of starting from the base student.", json_schema_extra=OPERATIONAL)
+
+    @field_validator("location")
+    @classmethod
+    def _a_location(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .location import canonical_location
+
+            try:
+                canonical_location(v, field="promote.location")
+            except InputError as exc:
+                raise ValueError(exc.message) from None
+        return v
+
+
 class RunConfig(_Section):
     name: str = Field("migration", description="Run name (flow run names, model card, the default run "
                       "directory runs/<name>): letters, digits, '.', '_', '-', at most 64, no '..'.")
@@ -456,6 +480,7 @@ class RunConfig(_Section):
     decision: DecisionConfig = DecisionConfig()
     export: ExportConfig = ExportConfig()
     capture: CaptureConfig = CaptureConfig()
+    promote: PromoteConfig = PromoteConfig()
 
     @field_validator("name")
     @classmethod
@@ -564,7 +589,7 @@ def _resolve_paths(raw: dict, base: Path) -> None:
     """Relative data paths are relative to the config file, like a user would expect; `~` is the
     home directory, as for student.model."""
     for section, key in (("data", "path"), ("data", "test_path"), ("service", "standin_pool"),
-                         ("judge", "calibration_path")):
+                         ("judge", "calibration_path"), ("promote", "location")):
         value = (raw.get(section) or {}).get(key)
         if isinstance(value, str) and value.startswith("~"):
             value = raw[section][key] = str(Path(value).expanduser())
@@ -637,6 +662,7 @@ def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
 # overridable, whatever that list says.
 NEVER_OVERRIDABLE = ("service.api_base", "service.api_key_env", "judge.api_base", "judge.api_key_env",
                      "service.model", "judge.model", "service.standin_pool")
+OPERATOR_ONLY = ("promote.location",)
 PATH_KEYS = ("data.path", "data.test_path", "synth.prompt_template", "judge.prompt_template", "student.model",
              "judge.calibration_path")
 CONFIG_RELATIVE_KEYS = ("data.path", "data.test_path", "judge.calibration_path")  # as `_resolve_paths` resolves
@@ -669,6 +695,9 @@ def check_run_overrides(overrides: list[str], allowed: list[str] | tuple[str, ..
     for item in overrides:
         key, _, text = item.partition("=")
         key = key.strip()
+        if key in OPERATOR_ONLY:
+            raise InputError("may not be overridden by a deployment run (the operator places promotions: another "
+                             "value would replace the model another line of runs serves)", field=key)
         if key in NEVER_OVERRIDABLE or key.endswith(("api_base", "api_key_env")):
             raise InputError("may not be overridden by a deployment run (it would redirect the worker's "
                              "credentials)", field=key)

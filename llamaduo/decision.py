@@ -393,7 +393,8 @@ def build_decision(*, summary: Summary, gate: "GateConfig", judged: dict[str, li
                "durations_s": _durations(summary)},
         endpoint={"command": f"llamaduo serve RUN_DIR --port {port}", "base_url": lines[0], "model": lines[1],
                   "model_id": model_id},
-        standin=standin, exported_round=summary.exported_round, stop_reason=summary.stop_reason, formats=formats)
+        standin=standin, exported_round=summary.exported_round, stop_reason=summary.stop_reason, formats=formats,
+        promotion=summary.promotion)
 
 
 def priced_formats(formats: list[FormatRow], student_latency, usd_per_hour: float | None) -> list[FormatRow]:
@@ -480,6 +481,7 @@ def render_markdown(d: Decision, *, plot: str | None = None) -> str:
               "the category would decide):", ""]
         L += [f"- {escape_inline(c)}: {escape_inline(note)}" for c, note in d.undecided.items()]
     L += _formats_section(d)
+    L += _promotion_section(d)
     L += ["", "## Judge calibration", ""]
     cal = d.calibration
     if cal is None:
@@ -578,6 +580,32 @@ def _formats_section(d: Decision) -> list[str]:
     return ["", f"## Formats (each judged on the test split by the same judge, {escape_inline(d.metric)})", ""] + table(
         ["format", "mean [95% CI]", "parity vs adapter", "identical answers", "size", "p50", "p95",
          "per 1,000 requests", "answered by", "ship?"], rows, align="llrrrrrrll")
+
+
+def _promotion_section(d: Decision) -> list[str]:
+    """Champion vs challenger on this run's test split, and what was decided (promote.location)."""
+    p = d.promotion
+    if not p:
+        return []
+    L = ["", "## Champion and challenger", ""]
+    champ = p.get("champion")
+    if champ:
+        L.append(f"Champion: run {code_span(str(champ.get('run')))}, promoted {escape_inline(str(champ.get('time')))} "
+                 f"(model sha256 {code_span(str(champ.get('model_sha256'))[:16])}…).")
+        rows = [["challenger (this run)", _num(p.get("challenger_mean"))], ["champion", _num(p.get("champion_mean"))]]
+        diff, ci = p.get("difference"), p.get("difference_ci95")
+        rows.append(["difference (paired, per item)", "–" if diff is None else f"{diff:+.2f}" + (
+            f" [{ci[0]:+.2f}, {ci[1]:+.2f}] on {p.get('items')} items" if ci else "")])
+        L += [""] + table(["", f"{p.get('metric')} mean"], rows, align="lr") + [""]
+    else:
+        L.append("No champion yet: a passing run becomes the first promoted model.")
+        L.append("")
+    verdict = "**promoted**" if p.get("promote") else ("**the champion stays**" if champ else "**not promoted**")
+    L.append(f"{verdict}: {escape_inline(str(p.get('reason')))}")
+    if p.get("promoted"):
+        L.append(f"`promoted.json` now names {code_span(str(p['promoted'].get('model_dir')))}; `llamaduo serve "
+                 "--follow` switches to it.")
+    return L
 
 
 def _bytes(n: int) -> str:

@@ -22,6 +22,7 @@ class LoopState(BaseModel):
     baseline_evaluations: dict[str, Evaluation] = Field(default_factory=dict)  # name -> answered / judged counts
     last_val_judged: Artifact | None = None  # latest per-item validation scores (failure-driven seeds)
     last_adapter: Artifact | None = None  # the previous round's adapter (train.warm_start continues it)
+    champion_adapter: Artifact | None = None  # promote.warm_start: round 1 continues the champion's adapter
     invocation: Invocation = Field(default_factory=Invocation)
     preflight: ServiceStats = Field(default_factory=ServiceStats)  # the preflight's probe calls
     calibration: Calibration | None = None  # the judge's agreement with people (None: not calibrated)

@@ -310,6 +310,8 @@ class Summary(_Record):
     rounds: list[RoundRecord] = Field(default_factory=list)
     calibration: "Calibration | None" = Field(None, description="The judge's agreement with people's ratings "
                                               "(judge.calibration_path); null = the judge is not calibrated.")
+    promotion: dict | None = Field(None, description="With promote.location: champion vs challenger on this "
+                                   "run's test split, whether the challenger was promoted, and why.")
     capture_snapshot: dict | None = Field(None, description="A run on captured traffic (data.path a capture "
                                           "location): the shards it read, each with its sha256, and what was "
                                           "not usable; null otherwise.")
@@ -531,4 +533,6 @@ class Decision(_Record):
     stop_reason: str | None = None
     formats: list[FormatRow] = Field(default_factory=list, description="One row per shipped format, each judged "
                                      "on the test split; `ship: false` = do not ship.")
+    promotion: dict | None = Field(None, description="Champion vs challenger (Summary.promotion); null without "
+                                   "promote.location.")
 

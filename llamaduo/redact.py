@@ -133,6 +133,17 @@ def redact_url(text: str) -> str:
     return _URL_AUTH.sub("//" + MASK + "@", text)
 
 
+def strip_credentials(url: str) -> str:
+    """A URL without its user and password (the place, for records others read: promoted.json); keys
+    come from the environment of whoever reads it. Paths are returned as they are."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
+
 def safe_message(text: str, limit: int | None = 300, secrets: list[str] = ()) -> str:
     """Redacted, then cut to `limit` characters (an ellipsis marks the cut). Redacting first is
     the point: a key crossing the cut would leave a prefix no rule recognises."""

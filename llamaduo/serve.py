@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,7 +159,11 @@ def hardware_name(device: str) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """`llamaduo serve`'s options (flows/cli.py adds them to its subcommand)."""
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (a folder or a URL) holding final_model/")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="run directory (a folder or a URL) holding "
+                   "final_model/")
+    p.add_argument("--follow", metavar="PROMOTE_LOCATION", default=None,
+                   help="serve the model promoted at this location (a run config's promote.location) and switch "
+                        "to each newly promoted one without dropping a request (instead of RUN_DIR)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this "
                    "machine only; any other address needs --api-key-env)")
@@ -200,8 +205,13 @@ def serve(args: argparse.Namespace) -> int:
     elif args.host not in LOOPBACK:
         return _fail(f"--host {args.host} serves beyond this machine: name the key callers must send with "
                      "--api-key-env VAR")
+    if bool(args.run_dir) == bool(args.follow):
+        return _fail("name a run directory (RUN_DIR) or a promotion location (--follow), not both or neither")
     try:
-        served = locate(args.run_dir)
+        promoted = _promoted(args.follow) if args.follow else None
+        served = locate(promoted["run"] if promoted else args.run_dir)
+        if promoted:
+            _check_promoted(served, promoted)
     except InputError as exc:
         return _fail(str(exc))
     if args.no_system_prompt:
@@ -233,24 +243,105 @@ def serve(args: argparse.Namespace) -> int:
 
         print(redact(f"error: cannot serve {served.model_dir}: {exc}"), file=sys.stderr)
         return 1
+    engines = [engine]  # the one serving is last; --follow adds one per promotion
     try:
-        return _run_front(args, served, engine, sock, port, cap, api_key, cuda)
+        return _run_front(args, served, engines, sock, port, cap, api_key, cuda, promoted)
     finally:
-        engine.stop()
+        for e in engines:
+            e.stop()
 
 
-def _run_front(args, served: ServedModel, engine, sock, port: int, cap: int, api_key: str | None, cuda: bool) -> int:
-    import uvicorn
+def _promoted(location: str) -> dict:
+    from .promotion import PromotionStore
 
-    from .serve_front import create_front, wrap
+    record = PromotionStore(location, field="--follow").read()
+    if record is None:
+        raise InputError(f"nothing promoted at {PromotionStore(location, field='--follow').shown} yet (a run with "
+                         "promote.location set promotes its model once it passes)", field="--follow")
+    return record
+
+
+def _check_promoted(served: ServedModel, promoted: dict) -> None:
+    from .promotion import model_sha256
+
+    if model_sha256(served.model_dir.parent) != promoted["model_sha256"]:
+        raise InputError(f"the export in {promoted['run']} is not the one promoted (its llamaduo.json changed since): "
+                         "not serving it", field="--follow")
+
+
+def _policy(served: ServedModel, engine, cap: int):
     from .serve_policy import ServePolicy
 
+    return ServePolicy(model_id=served.model_id, engine_model=engine.model_name, system_prompt=served.system_prompt,
+                       default_max_tokens=min(served.max_new_tokens, cap), max_tokens_cap=cap)
+
+
+FOLLOW_EVERY_S = float(os.environ.get("LLAMADUO_FOLLOW_EVERY_S", "30"))
+DRAIN_TIMEOUT_S = 600.0
+
+
+def _follow(app, location: str, engines: list, cap: int, cuda: bool, stop) -> None:
+    """Poll promoted.json; on a new model: pull and check it, start its engine beside the serving one,
+    send new requests to it, and stop the old engine once its requests are answered. A model that
+    cannot be served is reported and skipped (the current one keeps serving)."""
+    from .promotion import model_sha256
+    from .serve_engines import EngineProcess
+    from .serve_front import Target
+
+    refused: set[str] = set()
+    while not stop.wait(FOLLOW_EVERY_S):
+        try:
+            promoted = _promoted(location)
+        except Exception as exc:  # noqa: BLE001 - the store is briefly unreachable: keep serving
+            print(f"--follow: cannot read the promotion ({type(exc).__name__}); still serving the current model",
+                  file=sys.stderr, flush=True)
+            continue
+        sha = promoted["model_sha256"]
+        if sha == app.state.target.model_sha256 or sha in refused:
+            continue
+        try:
+            served = locate(promoted["run"])
+            _check_promoted(served, promoted)
+            engine = EngineProcess(engines[-1].engine, served.model_dir, cuda=cuda).start()
+        except Exception as exc:  # noqa: BLE001
+            from .redact import safe_message
+
+            refused.add(sha)
+            print(f"--follow: not switching to {promoted['run']}: {safe_message(str(exc), 300)}", file=sys.stderr,
+                  flush=True)
+            continue
+        engines.append(engine)
+        old = app.state.swap(Target(_policy(served, engine, cap), engine.url, served.model_dir,
+                                    model_sha256(served.model_dir.parent)))
+        print(f"--follow: now serving {promoted['run']} (promoted {promoted['time']})", file=sys.stderr, flush=True)
+        deadline = time.time() + DRAIN_TIMEOUT_S
+        while old.in_flight > 0 and time.time() < deadline:
+            time.sleep(0.2)
+        for e in engines[:-1]:
+            e.stop()
+            engines.remove(e)
+
+
+def _run_front(args, served: ServedModel, engines: list, sock, port: int, cap: int, api_key: str | None, cuda: bool,
+               promoted: dict | None = None) -> int:
+    import threading
+
+    import uvicorn
+
+    from .promotion import model_sha256
+    from .serve_front import create_front, wrap
+
+    engine = engines[-1]
     hardware = hardware_name("cuda" if cuda else "cpu")
-    policy = ServePolicy(model_id=served.model_id, engine_model=engine.model_name, system_prompt=served.system_prompt,
-                         default_max_tokens=min(served.max_new_tokens, cap), max_tokens_cap=cap)
-    app = wrap(create_front(policy, engine.url, engine_name=engine.engine, hardware=hardware,
-                            device="cuda" if cuda else "cpu", model_dir=served.model_dir),
-               api_key=api_key, max_request_bytes=args.max_request_bytes)
+    front = create_front(_policy(served, engine, cap), engine.url, engine_name=engine.engine, hardware=hardware,
+                         device="cuda" if cuda else "cpu", model_dir=served.model_dir,
+                         model_sha256=model_sha256(served.model_dir.parent)
+                         if (served.model_dir.parent / META_FILE).is_file() else None)
+    app = wrap(front, api_key=api_key, max_request_bytes=args.max_request_bytes)
+    stop_following = threading.Event()
+    if promoted is not None:
+        threading.Thread(target=_follow, args=(front, args.follow, engines, cap, cuda, stop_following),
+                         daemon=True, name="follow-promotions").start()
     shown = socket.gethostname() if args.host in ("0.0.0.0", "::", "") else args.host
     base_url, model_line = swap_in_lines(served.model_id, shown, port)
     print(f"serving {served.model_id} ({engine.engine} on {'cuda' if cuda else 'cpu'}: {hardware}) at "
@@ -274,6 +365,7 @@ def _run_front(args, served: ServedModel, engine, sock, port: int, cap: int, api
         server.run(sockets=[sock])
     except _Stopped:
         pass
+    stop_following.set()
     print("stopped", file=sys.stderr)
     return 0
 

@@ -9,6 +9,7 @@ that hangs up closes the upstream connection, and the engine stops generating fo
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import time
@@ -106,8 +107,22 @@ class _EngineRefused(Exception):
         self.status, self.text = status, text
 
 
+class Target:
+    """The engine requests go to, with what serving its model needs. `llamaduo serve --follow` swaps in a
+    new one when a model is promoted; a request keeps the target it started on (in_flight counts them, so
+    the old engine is stopped only once they are answered)."""
+
+    def __init__(self, policy: ServePolicy, engine_url: str, model_dir=None, model_sha256: str | None = None):
+        import httpx
+
+        self.policy, self.engine_url, self.model_dir, self.model_sha256 = policy, engine_url, model_dir, model_sha256
+        self.client = httpx.AsyncClient(base_url=engine_url, timeout=httpx.Timeout(None, connect=10), trust_env=False)
+        self.in_flight = 0
+        self.tokenizer = None
+
+
 def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hardware: str, device: str = "cpu",
-                 model_dir=None):
+                 model_dir=None, model_sha256: str | None = None):
     import httpx
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -115,13 +130,25 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
     app = FastAPI(title=f"llamaduo serve: {policy.model_id}", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics()
     created = int(time.time())
-    upstream = httpx.AsyncClient(base_url=engine_url, timeout=httpx.Timeout(None, connect=10), trust_env=False)
+    app.state.target = Target(policy, engine_url, model_dir, model_sha256)
+
+    def swap(new: Target) -> Target:
+        """Requests from now on go to `new` (under the model id clients already use); returns the old one."""
+        old = app.state.target
+        new.policy = dataclasses.replace(new.policy, model_id=old.policy.model_id)
+        app.state.target = new
+        return old
+
+    app.state.swap = swap
 
     @app.get("/health")
     def health():
+        t = app.state.target
+        policy = t.policy
         return {"status": "ok", "model": policy.model_id, "engine": engine_name, "device": device, "hardware": hardware,
                 "system_prompt": policy.system_prompt is not None, "max_new_tokens": policy.default_max_tokens,
-                "max_tokens_cap": policy.max_tokens_cap, "in_flight": int(metrics.in_flight._value.get())}
+                "max_tokens_cap": policy.max_tokens_cap, "in_flight": int(metrics.in_flight._value.get()),
+                "model_sha256": t.model_sha256}
 
     @app.get("/metrics")
     def prometheus():
@@ -129,7 +156,7 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
 
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": policy.model_id, "object": "model", "created": created,
+        return {"object": "list", "data": [{"id": app.state.target.policy.model_id, "object": "model", "created": created,
                                             "owned_by": "llamaduo"}]}
 
     def refused(exc: RequestRefused):
@@ -147,21 +174,19 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
         return refused(RequestRefused(status, f"the engine refused the request: {message}"[:1000], None,
                                       "invalid_request_error" if status == 400 else "server_error"))
 
-    tokenizer = {}
-
-    def prompt_tokens(messages: list[dict]) -> int:
+    def prompt_tokens(t: Target, messages: list[dict]) -> int:
         """Counted here only for a request cut at a stop string (the engine's usage never came)."""
-        if "tok" not in tokenizer:
+        if t.tokenizer is None:
             from transformers import AutoTokenizer
 
-            tokenizer["tok"] = AutoTokenizer.from_pretrained(str(model_dir))
-        tok = tokenizer["tok"]
+            t.tokenizer = AutoTokenizer.from_pretrained(str(t.model_dir))
+        tok = t.tokenizer
         return len(tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
                        add_special_tokens=False)["input_ids"])
 
-    async def chunks(up: dict):
+    async def chunks(t: Target, up: dict):
         """The engine's stream, parsed; closing this generator closes the connection (the engine stops)."""
-        async with upstream.stream("POST", "/v1/chat/completions", json=up) as r:
+        async with t.client.stream("POST", "/v1/chat/completions", json=up) as r:
             if r.status_code != 200:
                 raise _EngineRefused(r.status_code, (await r.aread()).decode(errors="replace"))
             async for line in r.aiter_lines():
@@ -171,12 +196,12 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
                         return
                     yield json.loads(data)
 
-    async def answer(up: dict, stops: list[str] | None):
+    async def answer(t: Target, up: dict, stops: list[str] | None):
         """(content pieces, finish_reason, usage) as they come: the engine's stream cut at the first stop
         string, where generation ends (OpenAI leaves the stop string out)."""
         cutter = StopCutter(stops or [])
         received = 0
-        stream = chunks(up)
+        stream = chunks(t, up)
         try:
             async for chunk in stream:
                 if chunk.get("usage") and not chunk.get("choices"):
@@ -188,7 +213,7 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
                     piece = cutter.feed(text)
                     if cutter.done:
                         yield piece, "stop", None
-                        usage_tokens = await asyncio.to_thread(prompt_tokens, up["messages"])
+                        usage_tokens = await asyncio.to_thread(prompt_tokens, t, up["messages"])
                         yield None, None, {"prompt_tokens": usage_tokens, "completion_tokens": received,
                                            "total_tokens": usage_tokens + received}
                         return
@@ -207,6 +232,8 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
             body = json.loads(await request.body())
         except ValueError:
             return refused(RequestRefused(400, "the request body is not JSON"))
+        t = app.state.target  # this request's engine, also if a promotion swaps in another meanwhile
+        policy = t.policy
         try:
             up = upstream_request(body, policy)
         except RequestRefused as exc:
@@ -218,11 +245,12 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
         up.update(stream=True, stream_options={"include_usage": True})
         ident, created_at = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         metrics.in_flight.inc()
+        t.in_flight += 1
         if client_streams:
-            return StreamingResponse(_events(answer(up, stops), ident, created_at, include_usage, t0),
+            return StreamingResponse(_events(t, answer(t, up, stops), ident, created_at, include_usage, t0),
                                      media_type="text/event-stream")
         try:
-            collect = asyncio.ensure_future(_collect(answer(up, stops)))
+            collect = asyncio.ensure_future(_collect(answer(t, up, stops)))
             while not collect.done():  # a caller that hangs up: drop the engine's stream, it stops
                 done, _ = await asyncio.wait({collect}, timeout=0.25)
                 if not done and await request.is_disconnected():
@@ -242,6 +270,7 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
             return refused(RequestRefused(502, f"the engine did not answer: {type(exc).__name__}", None,
                                           "server_error"))
         finally:
+            t.in_flight -= 1
             metrics.in_flight.dec()
             metrics.latency.observe(time.perf_counter() - t0)
 
@@ -253,10 +282,10 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
             usage = use or usage
         return "".join(text), finish, usage
 
-    async def _events(parts, ident: str, created_at: int, include_usage: bool, t0: float):
+    async def _events(t: Target, parts, ident: str, created_at: int, include_usage: bool, t0: float):
         def event(choices: list, **extra) -> str:
             chunk = {"id": ident, "object": "chat.completion.chunk", "created": created_at,
-                     "model": policy.model_id, "choices": choices, **extra}
+                     "model": t.policy.model_id, "choices": choices, **extra}
             return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
         try:
@@ -277,6 +306,7 @@ def create_front(policy: ServePolicy, engine_url: str, *, engine_name: str, hard
             yield f"data: {json.dumps({'error': {'message': exc.text[:500], 'type': 'server_error'}})}\n\n"
         finally:  # also when the caller hung up: `parts` closes the engine's stream, the engine stops
             await parts.aclose()
+            t.in_flight -= 1
             metrics.in_flight.dec()
             metrics.latency.observe(time.perf_counter() - t0)
 

@@ -10,6 +10,7 @@ from llamaduo.records import Artifact, ExportResult, RoundRecord, StudentRef, Su
 
 from ._store import on_store
 from ._policy import STAGE_OPTIONS
+from ._results import RESULT_OPTIONS
 
 
 @task(name="export", **STAGE_OPTIONS, tags=["io"])
@@ -22,7 +23,7 @@ def export(root: str, student: StudentRef, best: RoundRecord, summary: Summary, 
                         infer_cfg, system_prompt, test, answers, out, name=summary.name, export=export_cfg)
 
 
-@task(name="push-to-hub", retries=2, retry_delay_seconds=10, tags=["io"])
+@task(name="push-to-hub", retries=2, retry_delay_seconds=10, tags=["io"], **RESULT_OPTIONS)
 def push_model(final_dir: str, repo_id: str, private: bool, shipped: list[str], formats: list[str], message: str) -> str:
     """The shipped formats to the Hub (a network call: retried; nothing cached, a push is an act)."""
     from pathlib import Path

@@ -49,6 +49,7 @@ class FakeBehaviour:
     pool: list[dict] = field(default_factory=list)
     judge: str = "overlap"  # or "fenced" to wrap replies in ```json fences with chatter
     plain_answer: str = "blue"  # reply to anything that is neither a synthesis nor a judge prompt
+    plain_answers: dict = field(default_factory=dict)  # word in the prompt -> that reply (first match wins)
     pool_pick: str = "random"  # or "similar": the pool pairs closest to the seed example (a teacher that follows it)
     judge_score_as: str | None = None  # "null" | "list" | "string": valid JSON, wrong type (first answer only)
     p_judge_malformed: float = 0.0  # share of judge replies that are not JSON at all
@@ -109,7 +110,8 @@ class FakeOpenAIServer:
             return f"Here is my assessment:\n```json\n{body}\n```\nHope this helps." if self.behaviour.judge == "fenced" else body
         m = re.search(r"generate (\d+) more pairs", prompt)
         if not m and '"contents"' not in prompt:
-            return self.behaviour.plain_answer
+            words = set(re.findall(r"\w+", prompt.lower()))
+            return next((a for w, a in self.behaviour.plain_answers.items() if w in words), self.behaviour.plain_answer)
         n = int(m.group(1)) if m else 3
         rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
         pool = self.behaviour.pool

@@ -245,7 +245,10 @@ def test_a_configured_key_echoed_in_another_form_is_redacted(key, form, user, pr
         encoded = base64.b64encode(plain.encode()).decode()
         body = prefix + ("Authorization: Basic " if form != "b64_embedded" else "blob=") + encoded + suffix
         core = _b64_core(plain, start, len(key))
-        pieces_of = pieces(core)
+        # a piece that the text around the key encodes to on its own is not the key's ("aaaaaa" around a
+        # key holding "aaaaaa" encodes to the same characters)
+        around = base64.b64encode(plain.replace(key, "\0" * len(key)).encode()).decode()
+        pieces_of = {p for p in pieces(core) if p not in around}
         out = redact(body, [key])
     assume(not any(p in (prefix + suffix).lower() for p in {q.lower() for q in pieces_of}))
     assert not any(p in out for p in pieces_of), (form, body, out)

@@ -110,11 +110,11 @@ def test_no_pickle_in_persisted_results_of_a_run():
     """Every task and flow is declared with the JSON serializer."""
     import flows.migrate
     import flows.round
-    from tasks import data, evaluate, export, report, synth, train
+    from tasks import data, evaluate, export, promote, report, synth, train
     from tasks._results import RecordJSONSerializer
 
     objs = [flows.migrate.migrate, flows.migrate.migrate_config_file, flows.round.migration_round]
-    for mod in (data, evaluate, export, report, synth, train):
+    for mod in (data, evaluate, export, promote, report, synth, train):
         objs += [v for v in vars(mod).values() if type(v).__name__ == "Task"]
     assert len(objs) >= 12
     for o in objs:
