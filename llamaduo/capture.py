@@ -16,6 +16,7 @@ import socket
 import sys
 
 from .errors import InputError
+from .pii import PiiRedactor
 
 DEFAULT_PORT = 8100
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -34,6 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="environment variable holding the key the application must send (Authorization: Bearer)")
     p.add_argument("--max-request-bytes", dest="max_request_bytes", type=int, default=4_000_000,
                    help="largest request body (default 4000000)")
+    p.add_argument("--shadow", metavar="RUN_DIR", default=None,
+                   help="the run's exported student answers each captured request on the side (the application "
+                        "still gets the service's answer); a sample is judged against the service's answer and the "
+                        "agreement per category goes into RUN_DIR's decision page")
+    p.add_argument("--shadow-sample", dest="shadow_sample", type=float, default=0.2,
+                   help="share of shadow answers judged (default 0.2)")
+    p.add_argument("--shadow-max-usd", dest="shadow_max_usd", type=float, default=1.0,
+                   help="the shadow judge's own budget in USD (default 1.0; 0 for an unpriced self-hosted judge)")
+    p.add_argument("--shadow-max-calls", dest="shadow_max_calls", type=int, default=1000,
+                   help="the shadow judge's own call cap (default 1000)")
     p.add_argument("--ready-file", dest="ready_file", default=None, help=argparse.SUPPRESS)
 
 
@@ -48,7 +59,6 @@ def capture(args: argparse.Namespace) -> int:
     """Exit 2 on a bad config, store, port or key setting; otherwise serve until SIGTERM/SIGINT (then 0)."""
     from .capture_store import CaptureStore
     from .config import load_config
-    from .pii import PiiRedactor
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -72,6 +82,46 @@ def capture(args: argparse.Namespace) -> int:
         service_key = os.environ.get(cfg.service.api_key_env, "").strip() or None
         if service_key is None:
             return _fail(f"service.api_key_env: {cfg.service.api_key_env} is not set")
+    if not 0 <= args.shadow_sample <= 1 or args.shadow_max_usd < 0 or args.shadow_max_calls < 0:
+        return _fail("--shadow-sample must be in 0..1, --shadow-max-usd and --shadow-max-calls at least 0")
+    shadow = engine = None
+    if args.shadow:
+        try:
+            shadow, engine = _start_shadow(args, cfg, store)
+        except InputError as exc:
+            return _fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - an engine that cannot load the model: say why, no traceback
+            return _fail(f"--shadow {args.shadow}: the student could not be started ({type(exc).__name__}: {exc})")
+    try:
+        return _serve(args, cfg, store, proxy_key, service_key, shadow)
+    finally:
+        if engine is not None:
+            engine.stop()
+
+
+def _start_shadow(args, cfg, store):
+    """The run's exported student on a maintained engine, and the shadow's judge on its own budget."""
+    import torch
+
+    from .promotion import model_sha256
+    from .serve import locate
+    from .serve_engines import EngineProcess, resolve_engine
+    from .shadow import Shadow
+
+    served = locate(args.shadow)  # pulled and checked against the sha256 recorded at export
+    engine = EngineProcess(resolve_engine("auto", "merged"), served.model_dir, cuda=torch.cuda.is_available()).start()
+    try:
+        shadow = Shadow(engine_url=engine.url, engine_model=engine.model_name, max_tokens=served.max_new_tokens,
+                        model_sha256=model_sha256(served.model_dir.parent), cfg=cfg, store=store,
+                        sample=args.shadow_sample, max_usd=args.shadow_max_usd, max_calls=args.shadow_max_calls,
+                        redactor=PiiRedactor(cfg.capture.redact, cfg.capture.redact_patterns))
+    except BaseException:
+        engine.stop()
+        raise
+    return shadow, engine
+
+
+def _serve(args, cfg, store, proxy_key, service_key, shadow) -> int:
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -90,7 +140,8 @@ def capture(args: argparse.Namespace) -> int:
     names = {cfg.service.model, bare}
     proxy = create_capture_app(service=cfg.service_endpoint(), api_key=service_key, model_names=names,
                              redactor=PiiRedactor(cfg.capture.redact, cfg.capture.redact_patterns), store=store,
-                             category_header=cfg.capture.category_header, timeout_s=cfg.service.timeout_s)
+                             category_header=cfg.capture.category_header, timeout_s=cfg.service.timeout_s,
+                             shadow=shadow)
     app = wrap(proxy, api_key=proxy_key, max_request_bytes=args.max_request_bytes)
     print(f"capturing {cfg.service.model} exchanges into {store.shown} at http://{args.host}:{port}/v1"
           f"{' (key required)' if proxy_key else ''}\nin your application: base_url=\"http://{args.host}:{port}/v1\""
@@ -118,4 +169,20 @@ def capture(args: argparse.Namespace) -> int:
     c = proxy.state.committer
     print(f"stopped: {c.recorded} exchange(s) recorded in {c.shards} shard(s)"
           + (f", {c.unrecorded} NOT recorded (last error: {c.last_error})" if c.unrecorded else ""), file=sys.stderr)
+    if shadow is not None:
+        _report_shadow(args, cfg, store, shadow)
     return 0
+
+
+def _report_shadow(args, cfg, store, shadow) -> None:
+    """The agreement on everything this model answered in shadow (this and earlier sessions) into the run."""
+    from .calibration import pass_score_for
+    from .shadow import SHADOW, agreement, write_to_run
+
+    if shadow.queue is not None and shadow.queue.qsize():
+        shadow.counts["not answered (capture stopped first)"] += shadow.queue.qsize()
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(shadow.counts.items())) or "nothing"
+    report = agreement(store.read_all(SHADOW), shadow.model_sha256, pass_score_for(cfg.gate))
+    report["this_session"] = dict(shadow.counts)
+    where = write_to_run(args.shadow, report)
+    print(f"shadow: {counts}; agreement on real traffic: {where} (and the run's decision page)", file=sys.stderr)

@@ -87,7 +87,7 @@ def _is_text(content) -> bool:
 
 
 def create_capture_app(*, service, api_key: str | None, model_names: set[str], redactor: PiiRedactor, store,
-                       category_header: str, timeout_s: float):
+                       category_header: str, timeout_s: float, shadow=None):
     """`service` is the config's Endpoint; `api_key` the value of its key variable (never logged)."""
     import litellm  # here, not in the first request: its import takes seconds
     from fastapi import FastAPI, Request
@@ -128,7 +128,8 @@ def create_capture_app(*, service, api_key: str | None, model_names: set[str], r
     async def health():
         c = committer
         return {"status": "ok", "recorded": c.recorded, "unrecorded": c.unrecorded, "shards": c.shards,
-                "last_error": c.last_error}
+                "last_error": c.last_error, "shadow": dict(shadow.counts) if shadow is not None else None,
+                "shadow_queue": shadow.queue.qsize() if shadow is not None and shadow.queue is not None else 0}
 
     @app.get("/v1/models")
     async def models():
@@ -164,7 +165,10 @@ def create_capture_app(*, service, api_key: str | None, model_names: set[str], r
             payload["model"] = body["model"]
             choice = (payload.get("choices") or [{}])[0]
             answer = {**(choice.get("message") or {}), "finish_reason": choice.get("finish_reason")}
-            await committer.record(exchange(body, messages, answer, payload.get("usage"), started, category))
+            record = exchange(body, messages, answer, payload.get("usage"), started, category)
+            await committer.record(record)
+            if shadow is not None:
+                shadow.offer(record)
             return JSONResponse(payload)
 
         async def events():
@@ -189,8 +193,11 @@ def create_capture_app(*, service, api_key: str | None, model_names: set[str], r
             answer = {"content": "".join(parts), "finish_reason": finish,
                       "tool_calls": True if tool_calls else None}
             # The end of the stream waits for the commit: an application that saw [DONE] has its exchange kept.
-            await committer.record(exchange(body, messages, answer, usage, started, category))
+            record = exchange(body, messages, answer, usage, started, category)
+            await committer.record(record)
             yield "data: [DONE]\n\n"
+            if shadow is not None:
+                shadow.offer(record)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

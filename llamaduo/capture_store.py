@@ -106,12 +106,13 @@ class CaptureStore:
             raise InputError(f"cannot write the capture location {self.shown} ({type(exc).__name__}: "
                              f"{_short(exc)})", field=self.field) from None
 
-    def commit(self, records: Iterable[dict]) -> str:
-        """One new shard holding `records`, committed whole; returns its name."""
+    def commit(self, records: Iterable[dict], folder: str = SHARDS) -> str:
+        """One new shard holding `records` in `folder` (exchanges; `shadow` for shadow answers), committed
+        whole; returns its name."""
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         name = f"{stamp}-{uuid.uuid4().hex[:12]}.jsonl"
-        self._put(f"{SHARDS}/{name}", data)
+        self._put(f"{folder}/{name}", data)
         return name
 
     def _put(self, rel: str, data: bytes) -> None:
@@ -130,19 +131,24 @@ class CaptureStore:
             self.fs.pipe_file(self._path(rel), data)  # one PUT: the object exists whole or not at all
 
     # -- reading ------------------------------------------------------------------------------------
-    def shard_names(self) -> list[str]:
+    def shard_names(self, folder: str = SHARDS) -> list[str]:
         """Committed shards, oldest first."""
         try:
             self.fs.invalidate_cache()
-            entries = self.fs.ls(self._path(SHARDS), detail=False) if self.fs.exists(self._path(SHARDS)) else []
+            entries = self.fs.ls(self._path(folder), detail=False) if self.fs.exists(self._path(folder)) else []
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"cannot list the capture location {self.shown} ({type(exc).__name__})",
                              field=self.field) from None
         names = [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]
         return sorted(n for n in names if n.endswith(".jsonl") and not n.startswith("."))
 
-    def read_shard(self, name: str) -> bytes:
-        return self.fs.cat_file(self._path(f"{SHARDS}/{name}"))
+    def read_shard(self, name: str, folder: str = SHARDS) -> bytes:
+        return self.fs.cat_file(self._path(f"{folder}/{name}"))
+
+    def read_all(self, folder: str) -> list[dict]:
+        """Every record of the committed shards in `folder`."""
+        return [r for name in self.shard_names(folder)
+                for r in parse_shard(self.read_shard(name, folder), f"{self.shown}/{folder}/{name}")]
 
     def snapshot(self, names: list[str] | None = None, expect: dict[str, str] | None = None) -> CaptureSnapshot:
         """The records of `names` (default: every committed shard now). With `expect` (name -> sha256,

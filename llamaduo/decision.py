@@ -482,6 +482,7 @@ def render_markdown(d: Decision, *, plot: str | None = None) -> str:
         L += [f"- {escape_inline(c)}: {escape_inline(note)}" for c, note in d.undecided.items()]
     L += _formats_section(d)
     L += _promotion_section(d)
+    L += _shadow_section(d)
     L += ["", "## Judge calibration", ""]
     cal = d.calibration
     if cal is None:
@@ -606,6 +607,25 @@ def _promotion_section(d: Decision) -> list[str]:
         L.append(f"`promoted.json` now names {code_span(str(p['promoted'].get('model_dir')))}; `llamaduo serve "
                  "--follow` switches to it.")
     return L
+
+
+def _shadow_section(d: Decision) -> list[str]:
+    """Agreement on real traffic: the student answered the application's requests on the side and the
+    judge compared a sample with the service's answers (`llamaduo capture --shadow`)."""
+    sh = d.shadow
+    if not sh:
+        return []
+    L = ["", "## Shadow on real traffic", "",
+         f"The student answered {sh['answered']} captured requests on the side; {sh['judged']} were judged against "
+         f"the service's answers ({sh['not_judged']} not judged: not sampled, over the shadow's budget, or no "
+         f"verdict). Pass = judge score >= {sh['pass_score']:g}.", ""]
+    if not sh.get("all"):
+        return L + ["No shadow answer was judged yet: no evidence from real traffic."]
+    rows = [[c, q["n"], Raw(_q(QualityStats.model_validate(q))), Raw(_rate(QualityStats.model_validate(q)))]
+            for c, q in sh["categories"].items()]
+    allq = QualityStats.model_validate(sh["all"])
+    rows.append([Raw("**all**"), allq.n, Raw(_q(allq)), Raw(_rate(allq))])
+    return L + table(["category", "n", "mean [95% CI]", "pass"], rows, align="lrrr")
 
 
 def _bytes(n: int) -> str:

@@ -535,4 +535,6 @@ class Decision(_Record):
                                      "on the test split; `ship: false` = do not ship.")
     promotion: dict | None = Field(None, description="Champion vs challenger (Summary.promotion); null without "
                                    "promote.location.")
+    shadow: dict | None = Field(None, description="Agreement on real traffic (`llamaduo capture --shadow`): the "
+                                "service's answers as references, the run's judge, per category; null = no shadow.")
 

@@ -170,6 +170,29 @@ def test_capture_promote_follow_and_refuse_a_worse_challenger(tmp_path, learning
             assert follower.serving() == promoted2["model_sha256"]
             assert follower.ask(shape(250)).strip().startswith("round")
 
+            # shadow before the switch: run2's student answers real traffic on the side, the judge compares
+            shadow = Capture(tmp_path / "capture.yaml", tmp_path / "capture", "--shadow", str(tmp_path / "run2"),
+                             "--shadow-sample", "1", "--shadow-max-usd", "0")
+            sclient = shadow.client()
+            for i in range(300, 310):
+                for ask, tag in ((colour, "colour"), (shape, "shape")):
+                    sclient.chat.completions.create(model="fake-teacher", messages=[{"role": "user", "content": ask(i)}],
+                                                    extra_headers={"X-LlamaDuo-Category": tag})
+            import httpx
+
+            deadline = time.time() + 300
+            while (httpx.get(shadow.url.removesuffix("/v1") + "/health").json()["shadow"] or {}).get("judged", 0) < 20:
+                assert time.time() < deadline, httpx.get(shadow.url.removesuffix("/v1") + "/health").json()
+                time.sleep(0.5)
+            code, err = shadow.stop()
+            assert code == 0, err
+            report = json.loads((tmp_path / "run2" / "shadow.json").read_text())
+            assert report["judged"] == 20 and set(report["categories"]) == {"colour", "shape"}
+            assert all(q["n"] == 10 and q["mean"] >= 50 for q in report["categories"].values()), report
+            page = (tmp_path / "run2" / "decision.md").read_text()
+            assert "## Shadow on real traffic" in page and "| shape | 10 |" in page
+            assert "## Champion and challenger" in page  # the re-rendered page keeps the run's sections
+
             worse = _run(config, tmp_path, "run3", train__learning_rate=0.1)
             assert worse.returncode in (0, 3), worse.stdout[-3000:] + worse.stderr[-3000:]
             summary3 = json.loads((tmp_path / "run3" / "summary.json").read_text())
