@@ -123,12 +123,30 @@ def _stop_children() -> None:
     terminate_descendants()
 
 
+CAPTURE_ROWS_EVENT = "llamaduo.capture.rows"
+
+
+def _capture_events():
+    """Prefect events for `llamaduo capture` (automations start a run on them: deployments/prefect.yaml)."""
+    from prefect.events import emit_event
+
+    from llamaduo.store import sha256_text
+
+    def announce(store, total: int) -> None:
+        emit_event(event=CAPTURE_ROWS_EVENT,
+                   resource={"prefect.resource.id": f"llamaduo.capture.{sha256_text(store.location)[:16]}",
+                             "prefect.resource.name": store.shown},
+                   payload={"rows_recorded": total})
+
+    return announce
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "capture":
         from llamaduo.capture import capture
 
-        return capture(args)
+        return capture(args, _capture_events() if os.environ.get("PREFECT_API_URL") else None)
     if args.command == "serve":  # no config: everything it needs was recorded at export
         from llamaduo.serve import serve
 

@@ -274,6 +274,9 @@ def migrate(config: RunConfig, workdir: str, preflight_spend: ServiceStats | Non
                            exported_round=best.round if best else None, invocation=state.invocation)
 
 
+SCHEDULED = "{scheduled}"  # in a deployment's workdir: the flow run's scheduled start time (UTC)
+
+
 @flow(name="llamaduo-migrate-file", flow_run_name="migrate-file", **RESULT_OPTIONS)
 def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSettings | None = None,
                         overrides: list[str] | None = None, workdir: str | None = None) -> MigrationResult:
@@ -287,13 +290,19 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
         settings: the knobs people change when they schedule a run (empty = the config's value).
         overrides: other `dotted.key=value` overrides, e.g. `train.lora_r=8`, limited by the
             operator's allow-list (`llamaduo_run_overrides` in deployments/prefect.yaml).
-        workdir: run directory inside the project (default `runs/<name>`).
+        workdir: run directory inside the project (default `runs/<name>`); `{scheduled}` in it is the
+            flow run's scheduled start time (UTC), so each scheduled run has its own directory.
     """
     from llamaduo.config import check_run_ceilings, check_run_overrides, load_config
     from llamaduo.errors import InputError
     from llamaduo.preflight import preflight, probe_run_dir
 
     project = Path.cwd()  # the deployment's pull step sets it to the project directory
+    if workdir and SCHEDULED in workdir:  # one directory per scheduled run; its retries resume it
+        from prefect.runtime import flow_run
+
+        when = flow_run.scheduled_start_time
+        workdir = workdir.replace(SCHEDULED, when.strftime("%Y%m%dT%H%M%SZ") if when else "unscheduled")
     for name, value in (("config_path", config_path), ("workdir", workdir)):
         if value and project.resolve() not in (p := (project / value).resolve(), *p.parents):
             raise InputError("must stay inside the project directory", field=name)

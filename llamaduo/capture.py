@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the shadow judge's own budget in USD (default 1.0; 0 for an unpriced self-hosted judge)")
     p.add_argument("--shadow-max-calls", dest="shadow_max_calls", type=int, default=1000,
                    help="the shadow judge's own call cap (default 1000)")
+    p.add_argument("--event-every", dest="event_every", type=int, default=100, metavar="N",
+                   help="with a Prefect server configured (PREFECT_API_URL): a llamaduo.capture.rows event each time "
+                        "N more exchanges are recorded (deployments/prefect.yaml's keep-current trigger); 0 = none")
     p.add_argument("--ready-file", dest="ready_file", default=None, help=argparse.SUPPRESS)
 
 
@@ -55,8 +58,22 @@ def _fail(message: str) -> int:
     return 2
 
 
-def capture(args: argparse.Namespace) -> int:
-    """Exit 2 on a bad config, store, port or key setting; otherwise serve until SIGTERM/SIGINT (then 0)."""
+def rows_reporter(every: int, announce):
+    """on_commit for the capture: `announce(total)` each time the recorded count crosses a multiple of
+    `every` (one event per N rows, whatever the shard sizes)."""
+    if not every or announce is None:
+        return None
+
+    def on_commit(total: int, new: int) -> None:
+        if (total - new) // every != total // every:
+            announce(total)
+
+    return on_commit
+
+
+def capture(args: argparse.Namespace, announce=None) -> int:
+    """Exit 2 on a bad config, store, port or key setting; otherwise serve until SIGTERM/SIGINT (then 0).
+    `announce(store, total)` (the CLI's Prefect events) is told every `--event-every` recorded rows."""
     from .capture_store import CaptureStore
     from .config import load_config
 
@@ -82,8 +99,10 @@ def capture(args: argparse.Namespace) -> int:
         service_key = os.environ.get(cfg.service.api_key_env, "").strip() or None
         if service_key is None:
             return _fail(f"service.api_key_env: {cfg.service.api_key_env} is not set")
-    if not 0 <= args.shadow_sample <= 1 or args.shadow_max_usd < 0 or args.shadow_max_calls < 0:
-        return _fail("--shadow-sample must be in 0..1, --shadow-max-usd and --shadow-max-calls at least 0")
+    if not 0 <= args.shadow_sample <= 1 or args.shadow_max_usd < 0 or args.shadow_max_calls < 0 \
+            or args.event_every < 0:
+        return _fail("--shadow-sample must be in 0..1; --shadow-max-usd, --shadow-max-calls and --event-every at "
+                     "least 0")
     shadow = engine = None
     if args.shadow:
         try:
@@ -93,7 +112,8 @@ def capture(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - an engine that cannot load the model: say why, no traceback
             return _fail(f"--shadow {args.shadow}: the student could not be started ({type(exc).__name__}: {exc})")
     try:
-        return _serve(args, cfg, store, proxy_key, service_key, shadow)
+        on_commit = rows_reporter(args.event_every, (lambda total: announce(store, total)) if announce else None)
+        return _serve(args, cfg, store, proxy_key, service_key, shadow, on_commit)
     finally:
         if engine is not None:
             engine.stop()
@@ -121,7 +141,7 @@ def _start_shadow(args, cfg, store):
     return shadow, engine
 
 
-def _serve(args, cfg, store, proxy_key, service_key, shadow) -> int:
+def _serve(args, cfg, store, proxy_key, service_key, shadow, on_commit) -> int:
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -141,7 +161,7 @@ def _serve(args, cfg, store, proxy_key, service_key, shadow) -> int:
     proxy = create_capture_app(service=cfg.service_endpoint(), api_key=service_key, model_names=names,
                              redactor=PiiRedactor(cfg.capture.redact, cfg.capture.redact_patterns), store=store,
                              category_header=cfg.capture.category_header, timeout_s=cfg.service.timeout_s,
-                             shadow=shadow)
+                             shadow=shadow, on_commit=on_commit)
     app = wrap(proxy, api_key=proxy_key, max_request_bytes=args.max_request_bytes)
     print(f"capturing {cfg.service.model} exchanges into {store.shown} at http://{args.host}:{port}/v1"
           f"{' (key required)' if proxy_key else ''}\nin your application: base_url=\"http://{args.host}:{port}/v1\""

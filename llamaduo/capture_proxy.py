@@ -46,8 +46,8 @@ class GroupCommit:
     """Exchanges waiting for their shard: one writer commits whatever has queued while the previous
     shard was written (no timer: one request alone is committed at once)."""
 
-    def __init__(self, store, redactor: PiiRedactor):
-        self.store, self.redactor = store, redactor
+    def __init__(self, store, redactor: PiiRedactor, on_commit=None):
+        self.store, self.redactor, self.on_commit = store, redactor, on_commit
         self.queue: asyncio.Queue | None = None
         self.recorded = self.unrecorded = self.shards = 0
         self.last_error: str | None = None
@@ -72,6 +72,11 @@ class GroupCommit:
                 self.recorded += len(batch)
                 self.shards += 1
                 ok = True
+                if self.on_commit is not None:
+                    try:
+                        self.on_commit(self.recorded, len(batch))
+                    except Exception as exc:  # noqa: BLE001 - an event not sent never costs an exchange
+                        log.warning("capture: row event not sent (%s)", safe_message(str(exc), 200))
             except Exception as exc:  # noqa: BLE001 - the store is down: answer anyway, count and say it
                 self.unrecorded += len(batch)
                 self.last_error = safe_message(f"{type(exc).__name__}: {exc}", 200)
@@ -87,7 +92,7 @@ def _is_text(content) -> bool:
 
 
 def create_capture_app(*, service, api_key: str | None, model_names: set[str], redactor: PiiRedactor, store,
-                       category_header: str, timeout_s: float, shadow=None):
+                       category_header: str, timeout_s: float, shadow=None, on_commit=None):
     """`service` is the config's Endpoint; `api_key` the value of its key variable (never logged)."""
     import litellm  # here, not in the first request: its import takes seconds
     from fastapi import FastAPI, Request
@@ -95,7 +100,7 @@ def create_capture_app(*, service, api_key: str | None, model_names: set[str], r
 
     litellm.suppress_debug_info = True
 
-    committer = GroupCommit(store, redactor)
+    committer = GroupCommit(store, redactor, on_commit)
     app = FastAPI(title="llamaduo capture", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.committer = committer
     served_name = sorted(model_names)[0]

@@ -8,19 +8,7 @@ applied to those scores, passes. Parity is the mean per-item difference from the
 from __future__ import annotations
 
 from .records import EvalResult, FormatRow, GateDecision, ShippedFormat
-from .stats import bootstrap_ci
-
-
-def paired_difference(values: dict[str, float], reference: dict[str, float]) -> tuple[float | None, tuple | None]:
-    """Mean of `values - reference` over the items both scored, and its 95% bootstrap interval."""
-    diffs = [values[k] - reference[k] for k in values if k in reference]
-    if not diffs:
-        return None, None
-    mean = sum(diffs) / len(diffs)
-    if all(d == diffs[0] for d in diffs):  # identical scores: no spread to resample
-        return round(mean, 4), (round(mean, 4), round(mean, 4))
-    lo, hi = bootstrap_ci(diffs, level=0.95, samples=1000)
-    return round(mean, 4), (round(lo, 4), round(hi, 4))
+from .stats import paired_difference
 
 
 def format_row(fmt: ShippedFormat, ev: EvalResult | None, gate: GateDecision | None, *, metric: str,

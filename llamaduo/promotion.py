@@ -186,7 +186,7 @@ def decide_promotion(*, passed: bool, challenger: dict[str, float], champion: di
                      has_champion: bool, min_gain: float, metric: str) -> dict:
     """Promote or keep, with the numbers that decided it. `challenger`/`champion`: per-item scores on the
     same test split (item id -> score)."""
-    from .formats import paired_difference
+    from .stats import paired_difference
 
     out = {"metric": metric, "min_gain": min_gain, "challenger_mean": _mean(challenger),
            "champion_mean": _mean(champion) if champion is not None else None,

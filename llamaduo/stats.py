@@ -33,3 +33,15 @@ def bootstrap_ci(values: list[float], *, level: float = 0.95, samples: int = 100
 def share_at_least(values: list[float], threshold: float) -> float:
     """The paper's 'coverage' view: share of items scoring at least `threshold`."""
     return sum(v >= threshold for v in values) / len(values) if values else 0.0
+
+
+def paired_difference(values: dict[str, float], reference: dict[str, float]) -> tuple[float | None, tuple | None]:
+    """Mean of `values - reference` over the items both scored, and its 95% bootstrap interval."""
+    diffs = [values[k] - reference[k] for k in values if k in reference]
+    if not diffs:
+        return None, None
+    mean = sum(diffs) / len(diffs)
+    if all(d == diffs[0] for d in diffs):  # identical scores: no spread to resample
+        return round(mean, 4), (round(mean, 4), round(mean, 4))
+    lo, hi = bootstrap_ci(diffs, level=0.95, samples=1000)
+    return round(mean, 4), (round(lo, 4), round(hi, 4))

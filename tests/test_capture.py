@@ -38,9 +38,9 @@ def _config(tmp_path: Path, server_url: str, **data) -> Path:
 class Capture:
     """`llamaduo capture` as a process on a free port."""
 
-    def __init__(self, config: Path, store: Path, *extra: str):
+    def __init__(self, config: Path, store: Path, *extra: str, env: dict | None = None):
         self.ready = store.parent / f"ready-{time.time_ns()}.json"
-        env = {**os.environ, "FAKE_SERVICE_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "FAKE_SERVICE_KEY": KEY, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "capture", str(config), "--store", str(store),
                                       "--port", "0", "--ready-file", str(self.ready), *extra], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

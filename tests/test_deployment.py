@@ -142,6 +142,48 @@ def test_deploy_trigger_by_http_and_auth(tmp_path, tiny_model_dir):
         shutil.rmtree(project_tmp, ignore_errors=True)
 
 
+def _keep_current_schedule_and_trigger(stack, tmp_path, fake):
+    """The keep-current deployment: its nightly schedule and its capture trigger ship inactive; `llamaduo
+    capture` emits llamaduo.capture.rows every --event-every rows to the Prefect server; once an operator
+    enables the trigger, such an event creates a run of the deployment (Prefect's automations, nothing
+    home-made). The pool is paused first: the run is created, not executed (that is the migration's own test)."""
+    from tests.test_capture import Capture
+
+    stack.cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "llamaduo-keep-current")
+    _, dep = http("GET", f"{stack.api}/deployments/name/llamaduo-migrate-file/llamaduo-keep-current")
+    assert [s["active"] for s in dep["schedules"]] == [False] and dep["parameters"]["workdir"].endswith("{scheduled}")
+    automations = [a for a in http("POST", f"{stack.api}/automations/filter", {})[1]
+                   if "llamaduo-keep-current" in json.dumps(a)]
+    assert len(automations) == 1 and automations[0]["enabled"] is False
+    assert http("PATCH", f"{stack.api}/work_pools/llamaduo-pool", {"is_paused": True})[0] in (200, 204)
+    assert http("PATCH", f"{stack.api}/automations/{automations[0]['id']}", {"enabled": True})[0] in (200, 204)
+    time.sleep(5)  # the triggers service reloads automations
+
+    config = {"name": "captured", "data": {"path": str(tmp_path / "capture")},
+              "service": {"model": "openai/fake-teacher", "api_base": fake.url, "api_key_env": "FAKE_SERVICE_KEY"}}
+    (tmp_path / "capture.yaml").write_text(yaml.safe_dump(config))
+    capture = Capture(tmp_path / "capture.yaml", tmp_path / "capture", "--event-every", "2",
+                      env={"PREFECT_API_URL": stack.api, "PREFECT_HOME": str(tmp_path / "capture-home")})
+    try:
+        client = capture.client()
+        for i in range(5):
+            client.chat.completions.create(model="fake-teacher", messages=[{"role": "user", "content": f"q {i}"}])
+    finally:
+        assert capture.stop()[0] == 0
+    deadline, runs, events = time.time() + 120, [], []
+    while time.time() < deadline and not (runs and len(events) == 2):
+        events = http("POST", f"{stack.api}/events/filter",
+                      {"filter": {"event": {"name": ["llamaduo.capture.rows"]}}})[1].get("events", [])
+        runs = http("POST", f"{stack.api}/flow_runs/filter",
+                    {"deployments": {"id": {"any_": [dep["id"]]}}})[1]
+        time.sleep(2)
+    assert sorted(e["payload"]["rows_recorded"] for e in events) == [2, 4], events
+    assert runs, "the enabled trigger started no run of llamaduo-keep-current"
+    for run in runs:
+        http("DELETE", f"{stack.api}/flow_runs/{run['id']}")
+    http("PATCH", f"{stack.api}/work_pools/llamaduo-pool", {"is_paused": False})
+
+
 def _deploy_trigger(tmp_path, project_tmp, tiny_model_dir):
     with FakeOpenAIServer(FakeBehaviour(pool=rows(1000, 200))) as fake:
         config = {
@@ -172,6 +214,7 @@ def _deploy_trigger(tmp_path, project_tmp, tiny_model_dir):
             schema = dep["parameter_openapi_schema"]
             assert "settings" in schema["properties"] and "RunSettings" in json.dumps(schema)
             fr = trigger_and_wait(stack, {**params, "settings": {"max_rounds": 3}}, "caller-retry-1")
+            _keep_current_schedule_and_trigger(stack, tmp_path, fake)
         finally:
             stack.down()
         summary = json.loads((project_tmp / "run" / "summary.json").read_text())
