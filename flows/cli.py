@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     from llamaduo.config import load_config
     from llamaduo.errors import InputError
-    from llamaduo.preflight import preflight, probe_run_dir
+    from llamaduo.preflight import check_workdir, preflight, probe_run_dir
     from llamaduo.runstore import RunStore
     from llamaduo.store import lock_run_dir
 
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.command == "run":  # a folder, or a URL (s3://bucket/prefix): stages work in a scratch copy
             store = RunStore(args.workdir or Path("runs") / cfg.name)
+            check_workdir(store.local)  # a file, unwritable or held: exit 2 before taking the lock
             # Taken before anything is written into the directory (the capture snapshot, the probe), held
             # until this process ends (and by the flow child it hands it to): a second run exits 2 here.
             run_lock = lock_run_dir(store.local)
