@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import sys
 
 from .errors import InputError
+from .http_server import bind, callers_key, serve_until_signal
 from .pii import PiiRedactor
 
 DEFAULT_PORT = 8100
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,14 +84,10 @@ def capture(args: argparse.Namespace, announce=None) -> int:
         store.create(cfg.service.model)
     except InputError as exc:
         return _fail(str(exc))
-    proxy_key = None
-    if args.api_key_env:
-        proxy_key = os.environ.get(args.api_key_env, "").strip()
-        if not proxy_key:
-            return _fail(f"--api-key-env {args.api_key_env}: the variable is not set or empty")
-    elif args.host not in LOOPBACK:
-        return _fail(f"--host {args.host} listens beyond this machine: name the key callers must send with "
-                     "--api-key-env VAR")
+    try:
+        proxy_key = callers_key(args.api_key_env, args.host)
+    except InputError as exc:
+        return _fail(str(exc))
     service_key = None
     if cfg.service.api_key_env:
         service_key = os.environ.get(cfg.service.api_key_env, "").strip() or None
@@ -142,16 +136,11 @@ def _start_shadow(args, cfg, store):
 
 
 def _serve(args, cfg, store, proxy_key, service_key, shadow, on_commit) -> int:
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
-    except OSError as exc:
-        return _fail(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port")
-    sock.listen(2048)  # connections queue from now on: the ready file may be read before uvicorn starts
+        sock = bind(args.host, args.port)
+    except InputError as exc:
+        return _fail(str(exc))
     port = sock.getsockname()[1]
-
-    import uvicorn
 
     from .capture_proxy import create_capture_app
     from .serve_front import wrap
@@ -172,20 +161,7 @@ def _serve(args, cfg, store, proxy_key, service_key, shadow, on_commit) -> int:
 
         atomic_write_json(args.ready_file, {"port": port})
 
-    class _Stopped(BaseException):
-        pass
-
-    def stopped(signum, _frame):
-        raise _Stopped(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stopped)
-    # uvicorn finishes the requests in flight (their exchanges are committed before they are answered).
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10))
-    try:
-        server.run(sockets=[sock])
-    except _Stopped:
-        pass
+    serve_until_signal(app, sock)  # requests in flight are finished: their exchanges are committed first
     c = proxy.state.committer
     print(f"stopped: {c.recorded} exchange(s) recorded in {c.shards} shard(s)"
           + (f", {c.unrecorded} NOT recorded (last error: {c.last_error})" if c.unrecorded else ""), file=sys.stderr)

@@ -15,7 +15,6 @@ sha256 recorded at export, after every pull of a run directory at a URL.
 import argparse
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -23,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .http_server import bind, callers_key, serve_until_signal
 from .serve_front import DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 META_FILE = "llamaduo.json"  # beside the model card in final_model/: what serving needs from the run
 DEFAULT_MAX_NEW_TOKENS = 128  # InferConfig's default, for an export without llamaduo.json
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def served_model_id(name: str) -> str:
@@ -197,14 +196,10 @@ def serve(args: argparse.Namespace) -> int:
     from .serve_engines import EngineProcess, resolve_engine
 
     hold_lifeline()  # started by a measuring parent (llamaduo.latency): do not outlive it
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env, "").strip()
-        if not api_key:
-            return _fail(f"--api-key-env {args.api_key_env}: the variable is not set or empty")
-    elif args.host not in LOOPBACK:
-        return _fail(f"--host {args.host} serves beyond this machine: name the key callers must send with "
-                     "--api-key-env VAR")
+    try:
+        api_key = callers_key(args.api_key_env, args.host)
+    except InputError as exc:
+        return _fail(str(exc))
     if bool(args.run_dir) == bool(args.follow):
         return _fail("name a run directory (RUN_DIR) or a promotion location (--follow), not both or neither")
     try:
@@ -221,12 +216,10 @@ def serve(args: argparse.Namespace) -> int:
     cap = args.max_tokens_cap or served.max_new_tokens
     if cap < 1 or args.max_request_bytes < 1:
         return _fail("--max-tokens-cap and --max-request-bytes must be at least 1")
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:  # bound before the engine starts: a taken port is reported at once
-        sock.bind((args.host, args.port))
-    except OSError as exc:
-        return _fail(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port")
+        sock = bind(args.host, args.port)
+    except InputError as exc:
+        return _fail(str(exc))
     port = sock.getsockname()[1]
     if not served.recorded:
         print(f"warning: {served.model_dir.parent / META_FILE} is missing (exported by an older version): serving "
@@ -326,8 +319,6 @@ def _run_front(args, served: ServedModel, engines: list, sock, port: int, cap: i
                promoted: dict | None = None) -> int:
     import threading
 
-    import uvicorn
-
     from .promotion import model_sha256
     from .serve_front import create_front, wrap
 
@@ -347,31 +338,15 @@ def _run_front(args, served: ServedModel, engines: list, sock, port: int, cap: i
     print(f"serving {served.model_id} ({engine.engine} on {'cuda' if cuda else 'cpu'}: {hardware}) at "
           f"http://{args.host}:{port}/v1{' (key required)' if api_key else ''}"
           f"\nin your application: {base_url}, {model_line}  (Ctrl-C stops)", flush=True)
-    sock.listen(2048)  # connections queue from now on (the engine is up): the ready file may be read before uvicorn starts
     if args.ready_file:
         from .store import atomic_write_json
 
         atomic_write_json(args.ready_file, {"port": port, "model": served.model_id, "backend": engine.engine,
                                             "device": "cuda" if cuda else "cpu", "hardware": hardware})
-    # uvicorn stops on SIGTERM/SIGINT (finishing the requests in flight, up to 10 s), then raises the
-    # signal again for the handler it found: ours, so the engine is stopped and the exit status is 0.
-    def stopped(signum, _frame):
-        raise _Stopped(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stopped)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10))
-    try:
-        server.run(sockets=[sock])
-    except _Stopped:
-        pass
+    serve_until_signal(app, sock)
     stop_following.set()
     print("stopped", file=sys.stderr)
     return 0
-
-
-class _Stopped(BaseException):
-    pass
 
 
 def main(argv: list[str] | None = None) -> int:
