@@ -257,11 +257,10 @@ def _check_store_base(workdir: str) -> None:
     it at another bucket the worker's credentials reach."""
     from pathlib import Path
 
-    from flows.operator import operator_setting
-
     from llamaduo.location import is_within
+    from llamaduo.operator_policy import OperatorPolicy
 
-    base = operator_setting(Path.cwd(), "llamaduo_run_store")
+    base = OperatorPolicy.load(Path.cwd()).run_store
     # compared in canonical form: `STORE/../outside`, `STORE/x/../..`, `STORE-evil` are not under STORE
     if base and not is_within(workdir, str(base)):
         raise InputError(f"must be under the operator's run store {base}", field="workdir")

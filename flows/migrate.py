@@ -38,7 +38,6 @@ from tasks.promote import champion_for_run, promote
 
 from .form import RunSettings
 from .gpu import GPU_DEPLOYMENT_ENV, run_gpu_stage
-from .operator import operator_setting as _operator_setting
 from .report import publish_round
 from .round import migration_round
 from .stages import answer_and_judge, evaluate_student, judge_answers, round_record, service_share, service_stage
@@ -293,11 +292,13 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
         workdir: run directory inside the project (default `runs/<name>`); `{scheduled}` in it is the
             flow run's scheduled start time (UTC), so each scheduled run has its own directory.
     """
-    from llamaduo.config import check_run_ceilings, check_run_overrides, load_config
+    from llamaduo.config import load_config
     from llamaduo.errors import InputError
+    from llamaduo.operator_policy import OperatorPolicy, check_run_ceilings, check_run_overrides
     from llamaduo.preflight import preflight, probe_run_dir
 
     project = Path.cwd()  # the deployment's pull step sets it to the project directory
+    policy = OperatorPolicy.load(project)  # from the project on the worker: a run cannot change it
     if workdir and SCHEDULED in workdir:  # one directory per scheduled run; its retries resume it
         from prefect.runtime import flow_run
 
@@ -307,7 +308,7 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
         if value and project.resolve() not in (p := (project / value).resolve(), *p.parents):
             raise InputError("must stay inside the project directory", field=name)
     config_dir = (project / config_path).parent  # relative data paths resolve against it
-    check_run_overrides(overrides or [], run_override_allow_list(project), project, config_dir)
+    check_run_overrides(overrides or [], policy.allow_list, project, config_dir)
     if settings is not None:
         base = load_config(config_path)
         for name, model, configured in (("settings.service_model", settings.service_model, base.service.model),
@@ -318,21 +319,21 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
                             project, config_dir)
     cfg = load_config(config_path, (settings.to_overrides() if settings else []) + (overrides or []))
     try:  # the run's effective config, whichever of the file, the form or an override set a value
-        check_run_ceilings(cfg, run_ceilings(project))
+        check_run_ceilings(cfg, policy.ceilings)
     except InputError as exc:
         form_field = settings.field_setting(exc.field) if settings is not None else None
         if form_field is None:
             raise
         raise InputError(f"sets {exc}", field=form_field) from None
     workdir = workdir or str(Path("runs") / cfg.name)
-    if (run_store := _operator_setting(project, "llamaduo_run_store")) is not None:
+    if (run_store := policy.run_store) is not None:
         workdir = f"{str(run_store).rstrip('/')}/{Path(workdir).as_posix()}"  # the operator's bucket, this run's prefix
         from llamaduo.location import is_within
 
         if not is_within(workdir, str(run_store)):  # `../other` resolved: not under the operator's store
             raise InputError(f"must be under the operator's run store {run_store}", field="workdir")
-    if (gpu := _operator_setting(project, "llamaduo_gpu_deployment")) is not None:
-        os.environ[GPU_DEPLOYMENT_ENV] = str(gpu)  # GPU stages on the operator's GPU pool
+    if policy.gpu_deployment is not None:
+        os.environ[GPU_DEPLOYMENT_ENV] = policy.gpu_deployment  # GPU stages on the operator's GPU pool
     store = RunStore(workdir)
     # Taken before the paid probe (as the CLI does): two runs on one directory never both pay for it.
     run_lock = lock_run_dir(store.local)  # noqa: F841 - held by this process; `migrate` finds it held
@@ -363,25 +364,3 @@ def migrate_config_file(config_path: str = "configs/demo.yaml", settings: RunSet
 def run_migration(cfg: RunConfig, workdir: str, probe: ServiceStats | None = None) -> MigrationResult:
     """`migrate`, its results persisted beside the run directory when that is a URL."""
     return with_results_beside(migrate, workdir)(cfg, workdir, probe)
-
-
-def run_override_allow_list(project: Path) -> list[str]:
-    """The operator's allow-list: `llamaduo_run_overrides` in deployments/prefect.yaml (absent: none)."""
-    return [str(a) for a in _operator_setting(project, "llamaduo_run_overrides") or []]
-
-
-def run_ceilings(project: Path):
-    """The operator's ceilings: `llamaduo_run_ceilings` in deployments/prefect.yaml, else the defaults
-    (`llamaduo.config.RunCeilings`); a malformed entry is an input error naming it."""
-    from pydantic import ValidationError
-
-    from llamaduo.config import RunCeilings
-    from llamaduo.errors import InputError
-
-    raw = _operator_setting(project, "llamaduo_run_ceilings")
-    try:
-        return RunCeilings.model_validate(raw if raw is not None else {})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InputError(err["msg"], file=str(project / "deployments" / "prefect.yaml"),
-                         field=".".join(["llamaduo_run_ceilings", *map(str, err["loc"])])) from None

@@ -16,7 +16,6 @@ import json
 import logging
 import tempfile
 from collections import Counter
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 

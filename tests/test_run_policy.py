@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llamaduo.config import check_run_overrides
+from llamaduo.operator_policy import check_run_overrides
 from llamaduo.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def _cfg(**sections):
      "50"),
 ])
 def test_ceilings_refuse_naming_field_and_ceiling(sections, field, ceiling):
-    from llamaduo.config import RunCeilings, check_run_ceilings
+    from llamaduo.operator_policy import RunCeilings, check_run_ceilings
 
     with pytest.raises(InputError) as e:
         check_run_ceilings(_cfg(**sections), RunCeilings())
@@ -166,7 +166,7 @@ def test_ceilings_refuse_naming_field_and_ceiling(sections, field, ceiling):
 
 
 def test_ceilings_admit_what_is_within_them():
-    from llamaduo.config import RunCeilings, check_run_ceilings
+    from llamaduo.operator_policy import RunCeilings, check_run_ceilings
 
     check_run_ceilings(_cfg(budget={"max_usd": 25, "max_calls": 5000}, gate={"max_rounds": 10, "threshold": 50}),
                        RunCeilings())
@@ -179,7 +179,7 @@ def test_ceilings_admit_what_is_within_them():
 
 def test_a_metric_the_operator_did_not_list_keeps_its_default_floor():
     # Listing only judge_score must not let a run switch gate.metric to rougeL and gate at 0.
-    from llamaduo.config import RunCeilings, check_run_ceilings
+    from llamaduo.operator_policy import RunCeilings, check_run_ceilings
 
     ceilings = RunCeilings(min_gate_threshold={"judge_score": 60})
     assert ceilings.min_gate_threshold["judge_score"] == 60 and ceilings.min_gate_threshold["rougeL"] == 0.2
@@ -192,7 +192,7 @@ def test_a_metric_the_operator_did_not_list_keeps_its_default_floor():
 def test_infinite_ceilings_are_refused(ceilings):
     from pydantic import ValidationError
 
-    from llamaduo.config import RunCeilings
+    from llamaduo.operator_policy import RunCeilings
 
     with pytest.raises(ValidationError):
         RunCeilings(**ceilings)
@@ -204,7 +204,7 @@ def test_infinite_ceilings_are_refused(ceilings):
        ceiling_calls=st.integers(1, 10**6), ceiling_rounds=st.integers(1, 100), floor=st.floats(1, 100))
 def test_ceilings_property_refused_exactly_when_above(usd, calls, rounds, threshold, ceiling_usd, ceiling_calls,
                                                       ceiling_rounds, floor):
-    from llamaduo.config import RunCeilings, check_run_ceilings
+    from llamaduo.operator_policy import RunCeilings, check_run_ceilings
 
     cfg = _cfg(budget={"max_usd": usd, "max_calls": calls}, gate={"max_rounds": rounds, "threshold": threshold})
     ceilings = RunCeilings(max_usd=ceiling_usd, max_calls=ceiling_calls, max_rounds=ceiling_rounds,
@@ -219,8 +219,12 @@ def test_ceilings_property_refused_exactly_when_above(usd, calls, rounds, thresh
 
 
 def test_shipped_prefect_yaml_sets_the_ceilings_the_worker_reads(tmp_path):
-    from flows.migrate import run_ceilings
-    from llamaduo.config import RunCeilings
+    from llamaduo.operator_policy import OperatorPolicy
+
+    def run_ceilings(project):
+        return OperatorPolicy.load(project).ceilings
+
+    from llamaduo.operator_policy import RunCeilings
 
     shipped = run_ceilings(ROOT)
     assert shipped.max_usd == 25 and shipped.max_calls == 5000 and shipped.max_rounds == 10
