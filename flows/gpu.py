@@ -35,6 +35,7 @@ from llamaduo.runstore import RunStore, is_url
 from llamaduo.store import sha256_text
 from tasks._policy import run_stage
 from tasks._results import RESULT_OPTIONS
+from tasks._stage import traits_of
 from tasks.decision import decide
 from tasks.evaluate import infer
 from tasks.export import export
@@ -91,7 +92,8 @@ def _typed_params(task, params: dict) -> dict:
 
     from tasks._store import artifact_paths
 
-    for rel in [*artifact_paths(list(typed.values())), str(typed.get("out", ""))]:
+    writes = traits_of(task).writes
+    for rel in [*artifact_paths(list(typed.values())), str(typed.get(writes, "") if writes else "")]:
         parts = PurePosixPath(rel).parts
         if rel.startswith(("/", "~")) or ".." in parts or "://" in rel:
             raise InputError(f"{rel!r} is not a path inside the run directory", field="params")
@@ -115,7 +117,7 @@ def run_gpu_stage(task, out: str, /, **params) -> tuple[Any, bool]:
     deployment = gpu_deployment()
     if deployment is None:
         return run_stage(task, out, **params)
-    root = params.pop("root")
+    root = params.pop(traits_of(task).run_dir)
     if not is_url(root):
         raise InputError("GPU stages on their own pool need the run directory on object storage "
                          "(--workdir s3://bucket/prefix): the GPU worker has its own disk", field="--workdir")
@@ -243,12 +245,14 @@ def gpu_stage(stage: str, workdir: str, params: dict[str, Any], parent_flow_run_
     typed = _typed_params(task, params)
     store = RunStore(workdir)
     try:
-        result, fresh = run_stage(task, typed.get("out"), root=workdir, **typed)
-        store.write_text(_receipt(str(typed.get("out")), str(flow_run.id)),
+        traits = traits_of(task)
+        out = typed.get(traits.writes) if traits.writes else None
+        result, fresh = run_stage(task, out, **{traits.run_dir: workdir}, **typed)
+        store.write_text(_receipt(str(out), str(flow_run.id)),
                          json.dumps({"fresh": fresh, "result": _jsonable(result)}))
     finally:  # everything is on the store; the next stage (on any worker) pulls what it needs
         store.clean_scratch()
-    get_run_logger().info("%s (%s): %s", stage, typed.get("out"), "done" if fresh else "answered from the cache")
+    get_run_logger().info("%s (%s): %s", stage, out, "done" if fresh else "answered from the cache")
 
 
 def _check_store_base(workdir: str) -> None:

@@ -7,8 +7,8 @@ key is the hash of its parameters as *fingerprints* plus the code version:
   dropped, file-valued fields (templates, data, the stand-in pool) replaced by their content hash;
 - artifacts: their path relative to the run directory and their content hash;
 - the student: its configured id (not where its converted weights lie);
-- UNKEYED parameters — the run directory, the running spend, the budget — never enter a key:
-  they cannot change what a completed stage produced.
+- unkeyed parameters (a stage's declared traits, tasks/_stage.py; by default the run directory, the
+  running spend, the budget) never enter a key: they cannot change what a completed stage produced.
 Tasks return small typed records (paths, hashes, stats), never datasets or models.
 """
 
@@ -46,12 +46,19 @@ def fingerprint(value: Any) -> Any:
     return value
 
 
-def stage_cache_key(context, parameters: dict) -> str:
-    keyed = {k: fingerprint(v) for k, v in parameters.items() if k not in UNKEYED}
-    if os.environ.get("LLAMADUO_DEBUG_CACHE_KEYS"):  # what a key is made of, one JSON line per task
-        with open(os.environ["LLAMADUO_DEBUG_CACHE_KEYS"], "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"task": context.task.name, "inputs": keyed}, default=str) + "\n")
-    return sha256_json({"task": context.task.name, "inputs": keyed, "code": CODE_VERSION})
+def cache_key_for(unkeyed: frozenset[str] = UNKEYED):
+    """A stage's cache key function: its parameters' fingerprints but `unkeyed` (its declared traits)."""
+    def key(context, parameters: dict) -> str:
+        keyed = {k: fingerprint(v) for k, v in parameters.items() if k not in unkeyed}
+        if os.environ.get("LLAMADUO_DEBUG_CACHE_KEYS"):  # what a key is made of, one JSON line per task
+            with open(os.environ["LLAMADUO_DEBUG_CACHE_KEYS"], "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"task": context.task.name, "inputs": keyed}, default=str) + "\n")
+        return sha256_json({"task": context.task.name, "inputs": keyed, "code": CODE_VERSION})
+
+    return key
+
+
+stage_cache_key = cache_key_for(UNKEYED)
 
 
 STAGE_OPTIONS = dict(cache_key_fn=stage_cache_key, **RESULT_OPTIONS)
@@ -62,9 +69,11 @@ def run_stage(task, out: str | Path | None, /, **params) -> tuple[Any, bool]:
     its cache. When the stage's output (`out`, relative to `root`) is gone — deleted, or never
     written because the stage stopped at a budget cap — the cache is refreshed instead of
     returning a result that points at nothing."""
-    if out is not None and not RunStore(params.get("root", ".")).exists(out):
+    traits = getattr(task.fn, "traits", None)  # tasks/_stage.StageTraits; prepare-student has none
+    root = params.get(traits.run_dir if traits else "root", ".")
+    if out is not None and not RunStore(root).exists(out):
         task = task.with_options(refresh_cache=True)
-    if (storage := results_storage(str(params.get("root", ".")))) is not None:
+    if (storage := results_storage(str(root))) is not None:
         task = task.with_options(result_storage=storage)  # a stage run on any machine finds it cached
     if os.environ.get(TEMPORARY_SERVER_ENV):
         # The tags are there for the operator's tag concurrency limits, which a server started for

@@ -1,11 +1,12 @@
 """Stages on a run directory at a URL: pull inputs into this machine's scratch copy, run, push.
 
-`on_store` wraps a stage function (under `@task`): with a local run directory it does nothing;
+`on_store(traits)` wraps a stage function (tasks/_stage.stage does): with a local run directory it does nothing;
 with a URL (`s3://…`) the function runs on the scratch copy (`llamaduo.runstore.RunStore.local`)
 after the artifacts among its parameters are pulled; the reply cache and finished training
 checkpoints are pushed while it runs; what it wrote is pushed after, its `out` committed last
 (a directory under an upload marker), so a stage that dies mid-way is recomputed, never read
-half-written. The run directory parameter (`root`) is not part of any cache key.
+half-written. Which parameter is the run directory, the output, the endpoint (its reply cache is
+pulled and synced) and whether checkpoints exist come from the stage's declared traits.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ def local_student(student: StudentRef) -> StudentRef:
     return StudentRef(id=student.id, path=resolve_student(student.id))
 
 
-def on_store(fn: Callable) -> Callable:
+def on_store(traits) -> Callable:
+    """The decorator for a stage with these traits (tasks/_stage.StageTraits)."""
+    return functools.partial(_on_store, traits=traits)
+
+
+def _on_store(fn: Callable, traits) -> Callable:
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -60,22 +66,22 @@ def on_store(fn: Callable) -> Callable:
         for name, value in params.items():
             if isinstance(value, StudentRef):
                 params[name] = local_student(value)
-        root = params.get("root")
+        root = params.get(traits.run_dir)
         if root is None or not is_url(root):
             return fn(*bound.args, **bound.kwargs)
         store = RunStore(root)
         store.local.mkdir(parents=True, exist_ok=True)
-        out = params.get("out")
+        out = params.get(traits.writes) if traits.writes else None
         for rel in dict.fromkeys(artifact_paths(list(params.values()))):
             store.pull(rel)
-        service = "endpoint" in params
+        service = traits.calls is not None
         if service:
             store.pull(SERVICE_CACHE)  # replies paid before (this run, a crashed one, another machine)
-        checkpoints = f"{out}.checkpoints" if out else None
+        checkpoints = f"{out}.checkpoints" if out and traits.checkpoints else None
         if checkpoints:
             store.pull(checkpoints)  # a stage killed mid-training resumes from its last checkpoint
         before = store.snapshot()
-        params["root"] = str(store.local)
+        params[traits.run_dir] = str(store.local)
         try:
             with store.syncing(SERVICE_CACHE, SYNC_EVERY_S) if service else nullcontext(), \
                     syncing_checkpoints(store, checkpoints, SYNC_EVERY_S) if checkpoints else nullcontext():

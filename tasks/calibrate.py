@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from prefect import task
 
 from llamaduo.calibration import calibrate_judge
 from llamaduo.config import BudgetConfig, Endpoint, JudgeConfig, ServiceConfig
 from llamaduo.pacing import pacing
 from llamaduo.records import CalibrationResult, ServiceStats
 
-from ._policy import STAGE_OPTIONS, progress_reporter
-from ._store import on_store
+from ._policy import progress_reporter
+from ._stage import StageTraits, stage
 from .pacing import shared_pacer
 
 
-@task(name="calibrate-judge", **STAGE_OPTIONS, tags=["service"])
-@on_store
+@stage("calibrate-judge", StageTraits(kind="service", calls="endpoint"))
 def calibrate(root: str, judge: JudgeConfig, endpoint: Endpoint, limits: ServiceConfig, budget: BudgetConfig,
               spent: ServiceStats, ratings_file: str, ratings_sha256: str, judge_metric: str, pass_score: float,
               out: str) -> CalibrationResult:

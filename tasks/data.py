@@ -9,12 +9,11 @@ from llamaduo.data import prepare_splits
 from llamaduo.models import resolve_student
 from llamaduo.records import SplitResult, StudentRef
 
-from ._store import on_store
+from ._stage import StageTraits, stage
 from ._policy import STAGE_OPTIONS
 
 
-@task(name="prepare-data", **STAGE_OPTIONS, tags=["io"])
-@on_store
+@stage("prepare-data", StageTraits(kind="io"))
 def prepare_data(root: str, data: DataConfig, curate: CurateConfig, out: str = "data") -> SplitResult:
     """Clean, de-duplicated train/val/test splits (data files enter the key by content)."""
     return prepare_splits(root, data, curate, out)

@@ -8,7 +8,6 @@ import base64
 import logging
 from pathlib import Path
 
-from prefect import task
 
 from llamaduo.config import Endpoint, GateConfig, InferConfig, ServiceConfig
 from llamaduo.decision import build_decision, load_judged, render_markdown, service_call_records, write_decision
@@ -17,8 +16,7 @@ from llamaduo.redact import safe_message
 from llamaduo.runstore import RunStore
 from llamaduo.store import read_jsonl
 
-from ._store import on_store
-from ._policy import STAGE_OPTIONS
+from ._stage import StageTraits, stage
 
 log = logging.getLogger("llamaduo.decision")
 
@@ -45,8 +43,7 @@ def measure(model_dir: Path, items: list[dict], system_prompt: str | None, infer
         return None, why
 
 
-@task(name="decision", **STAGE_OPTIONS, tags=["gpu"])  # serving the student uses the accelerator
-@on_store
+@stage("decision", StageTraits(kind="gpu", calls="endpoint"))  # serving the student uses the accelerator
 def decide(root: str, summary: Summary, gate: GateConfig, endpoint: Endpoint, limits: ServiceConfig,
            infer_cfg: InferConfig, system_prompt: str | None, test: Artifact, model: Artifact | None,
            service_judged: Artifact | None, plot: Artifact | None, prices: dict[str, float | None],

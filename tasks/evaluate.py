@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from prefect import task
 from prefect.runtime import task_run
 
 from llamaduo.baseline import service_answers as collect_service_answers
@@ -14,21 +13,19 @@ from llamaduo.pacing import pacing
 from llamaduo.records import AnswersResult, Artifact, EvalResult, ServiceStats, StudentRef
 
 from ._gpu_retry import GPU_RETRIES
-from ._store import on_store
-from ._policy import STAGE_OPTIONS, progress_reporter
+from ._stage import StageTraits, stage
+from ._policy import progress_reporter
 from .pacing import shared_pacer
 
 
-@task(name="infer", **STAGE_OPTIONS, tags=["gpu"], **GPU_RETRIES)
-@on_store
+@stage("infer", StageTraits(kind="gpu"), **GPU_RETRIES)
 def infer(root: str, infer_cfg: InferConfig, student: StudentRef, adapter: Artifact | None, items: Artifact,
           system_prompt: str | None, out: str) -> AnswersResult:
     return answer_items(root, infer_cfg, student, adapter, items, system_prompt, out,
                         batch_size=micro_batch_for_attempt(infer_cfg.batch_size, task_run.run_count or 1))
 
 
-@task(name="service-answers", **STAGE_OPTIONS, tags=["service"])
-@on_store
+@stage("service-answers", StageTraits(kind="service", calls="endpoint"))
 def service_answers(root: str, endpoint: Endpoint, limits: ServiceConfig, infer_cfg: InferConfig,
                     budget: BudgetConfig, spent: ServiceStats, items: Artifact, system_prompt: str | None,
                     out: str) -> AnswersResult:
@@ -37,8 +34,7 @@ def service_answers(root: str, endpoint: Endpoint, limits: ServiceConfig, infer_
         return collect_service_answers(root, endpoint, limits, infer_cfg, budget, spent, items, system_prompt, out)
 
 
-@task(name="evaluate", **STAGE_OPTIONS, tags=["service"])
-@on_store
+@stage("evaluate", StageTraits(kind="service", calls="endpoint"))
 def evaluate(root: str, judge: JudgeConfig, endpoint: Endpoint, limits: ServiceConfig, budget: BudgetConfig,
              spent: ServiceStats, items: Artifact, answers: Artifact, label: str, out: str) -> EvalResult:
     with pacing(shared_pacer(endpoint, limits)):  # the judge's endpoint: its provider and key

@@ -8,13 +8,11 @@ from llamaduo.config import ExportConfig, InferConfig
 from llamaduo.export import export_model, model_card
 from llamaduo.records import Artifact, ExportResult, RoundRecord, StudentRef, Summary
 
-from ._store import on_store
-from ._policy import STAGE_OPTIONS
+from ._stage import StageTraits, stage
 from ._results import RESULT_OPTIONS
 
 
-@task(name="export", **STAGE_OPTIONS, tags=["io"])
-@on_store
+@stage("export", StageTraits(kind="io"))
 def export(root: str, student: StudentRef, best: RoundRecord, summary: Summary, teacher_label: str,
            infer_cfg: InferConfig, system_prompt: str | None, test: Artifact, answers: Artifact | None,
            out: str, export_cfg: ExportConfig | None = None) -> ExportResult:

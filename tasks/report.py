@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from prefect import task
 
 from llamaduo.records import Artifact, RoundRecord
 from llamaduo.report import write_round_report
 
-from ._store import on_store
-from ._policy import STAGE_OPTIONS
+from ._stage import StageTraits, stage
 
 
-@task(name="report", **STAGE_OPTIONS, tags=["io"])
-@on_store
+@stage("report", StageTraits(kind="io"))
 def publish_round_report(root: str, entry: RoundRecord, previous: RoundRecord | None, history: list[RoundRecord],
                          baselines: dict[str, dict[str, float]], metric: str, threshold: float, teacher_note: str,
                          out: str) -> Artifact:

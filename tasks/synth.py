@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from prefect import task
 
 from llamaduo.config import BudgetConfig, CurateConfig, Endpoint, ServiceConfig, SynthConfig
 from llamaduo.curate import curate_wave
@@ -11,13 +10,12 @@ from llamaduo.pacing import pacing
 from llamaduo.records import Artifact, CurateResult, ServiceStats, SynthResult, TrainingSetResult, WarmStartSetResult
 from llamaduo.synth import synthesize_wave
 
-from ._store import on_store
-from ._policy import STAGE_OPTIONS, progress_reporter
+from ._stage import StageTraits, stage
+from ._policy import progress_reporter
 from .pacing import shared_pacer
 
 
-@task(name="synthesize", **STAGE_OPTIONS, tags=["service"])
-@on_store
+@stage("synthesize", StageTraits(kind="service", calls="endpoint"))
 def synthesize(root: str, synth: SynthConfig, endpoint: Endpoint, limits: ServiceConfig, budget: BudgetConfig,
                spent: ServiceStats, train: Artifact, round_no: int, wave: int, n_requests: int, seed_offset: int,
                split_seed: int, val_judged: Artifact | None, out: str) -> SynthResult:
@@ -28,22 +26,19 @@ def synthesize(root: str, synth: SynthConfig, endpoint: Endpoint, limits: Servic
                                on_progress=progress_reporter(f"round {round_no} synthesis, wave {wave}"))
 
 
-@task(name="curate", **STAGE_OPTIONS, tags=["cpu"])
-@on_store
+@stage("curate", StageTraits(kind="cpu"))
 def curate(root: str, curate_cfg: CurateConfig, candidates: Artifact, existing: list[Artifact], test: Artifact,
            limit: int, out: str) -> CurateResult:
     return curate_wave(root, curate_cfg, candidates, existing, test, limit, out)
 
 
-@task(name="build-training-set", **STAGE_OPTIONS, tags=["io"])
-@on_store
+@stage("build-training-set", StageTraits(kind="io"))
 def training_set(root: str, parts: list[Artifact], dropped: dict[str, int], round_no: int,
                  out: str) -> TrainingSetResult:
     return build_training_set(root, parts, dropped, round_no, out)
 
 
-@task(name="build-warm-start-set", **STAGE_OPTIONS, tags=["io"])
-@on_store
+@stage("build-warm-start-set", StageTraits(kind="io"))
 def warm_start_set(root: str, earlier: list[Artifact], new: list[Artifact], replay_ratio: float, seed: int,
                    out: str) -> WarmStartSetResult:
     return build_warm_start_set(root, earlier, new, replay_ratio, seed, out)

@@ -6,7 +6,6 @@ halves the micro-batch and raises gradient accumulation, keeping the effective b
 
 from __future__ import annotations
 
-from prefect import task
 from prefect.runtime import task_run
 
 from llamaduo.config import TrainConfig
@@ -15,12 +14,11 @@ from llamaduo.records import Artifact, FinetuneResult, StudentRef
 from llamaduo.train import finetune as finetune_student
 
 from ._gpu_retry import GPU_RETRIES
-from ._store import on_store
-from ._policy import STAGE_OPTIONS, progress_reporter
+from ._stage import StageTraits, stage
+from ._policy import progress_reporter
 
 
-@task(name="finetune", **STAGE_OPTIONS, tags=["gpu"], **GPU_RETRIES)
-@on_store
+@stage("finetune", StageTraits(kind="gpu", checkpoints=True), **GPU_RETRIES)
 def finetune(root: str, train: TrainConfig, student: StudentRef, system_prompt: str | None, training_set: Artifact,
              out: str, init_adapter: Artifact | None = None) -> FinetuneResult:
     attempt = task_run.run_count or 1
