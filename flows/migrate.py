@@ -19,6 +19,7 @@ from llamaduo.gate import STOP_JUDGE_DISAGREES, STOP_PASSED, best_round
 from llamaduo.gate import decide as gate_decision
 from llamaduo.metrics import BASELINE_BASE_STUDENT, BASELINE_SERVICE
 from llamaduo.loop import LoopState
+from llamaduo.preflight import teacher_retirement
 from llamaduo.promotion import CHAMPION_ADAPTER, decide_promotion
 from llamaduo.redact import strip_credentials
 from llamaduo.records import (Artifact, Evaluation, ExportResult, FormatRow, MigrationResult, ServiceStats,
@@ -189,7 +190,8 @@ def _decision(cfg: RunConfig, root: str, data: SplitResult, summary: Summary, mo
                      if cfg.judge.service_baseline else None,
                      plot=existing_artifact(root, "report/metrics.png"), usd_per_hour=cfg.decision.usd_per_hour,
                      prices={k: getattr(cfg.service, k) for k in ("input_cost_per_mtok", "output_cost_per_mtok")},
-                     min_agreement=cfg.judge.min_agreement, formats=formats, out="decision.json")
+                     min_agreement=cfg.judge.min_agreement, formats=formats, retirement=teacher_retirement(cfg),
+                     out="decision.json")
     get_run_logger().info("decision: %s", d.verdict_line)
 
 

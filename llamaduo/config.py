@@ -376,6 +376,9 @@ class DecisionConfig(_Section):
                                        "throughput for the student's cost per 1,000 requests and the break-even "
                                        "volume; null = the page shows the service's cost only and says to set it.",
                                        json_schema_extra=OPERATIONAL)
+    retirement_warn_days: int = Field(90, ge=0, description="validate, the plan, every run and the decision page "
+                                      "name the service and judge models' retirement dates (litellm's model map) "
+                                      "and warn when fewer days than this are left.", json_schema_extra=OPERATIONAL)
 
 
 class ExportConfig(_Section):

@@ -460,6 +460,8 @@ def render_markdown(d: Decision, *, plot: str | None = None) -> str:
     break-even, the worst items, what was spent and how an application switches."""
     L = [f"# Decision: {escape_inline(d.name)}", "", f"**Verdict: {escape_inline(d.verdict_line)}**", ""]
     L += [f"- {escape_inline(r)}" for r in d.reasons] + [""]
+    if d.retirement:  # the reason to migrate has a date
+        L += [f"- **Teacher retirement**: {escape_inline(r)}" for r in d.retirement] + [""]
     who = [w for w in (STUDENT, SERVICE, BASE) if w in d.overall]
     L += [f"## Quality per category ({escape_inline(d.metric)}; pass = item >= {d.pass_score:g}; "
           f"ready = 95% interval's lower bound >= {d.threshold:g} on at least {d.min_category_items} items)", ""]

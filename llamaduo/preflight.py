@@ -105,7 +105,8 @@ def teacher_retirement(cfg: RunConfig) -> list[str]:
     from .config import STANDIN_MODEL
     from .retirement import retirement_lines
 
-    return retirement_lines({"service": cfg.service.model, "judge": cfg.judge_model}, standin=STANDIN_MODEL)
+    return retirement_lines({"service": cfg.service.model, "judge": cfg.judge_model}, standin=STANDIN_MODEL,
+                            warn_days=cfg.decision.retirement_warn_days)
 
 
 def preflight(cfg: RunConfig, workdir: str | Path | None = None, *, probe: bool = True) -> Preflight:

@@ -535,6 +535,8 @@ class Decision(_Record):
                                      "on the test split; `ship: false` = do not ship.")
     promotion: dict | None = Field(None, description="Champion vs challenger (Summary.promotion); null without "
                                    "promote.location.")
+    retirement: list[str] = Field(default_factory=list, description="The service and judge models' retirement "
+                                  "dates (litellm's model map) with the days left on the day the page was made.")
     shadow: dict | None = Field(None, description="Agreement on real traffic (`llamaduo capture --shadow`): the "
                                 "service's answers as references, the run's judge, per category; null = no shadow.")
 

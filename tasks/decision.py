@@ -48,7 +48,7 @@ def decide(root: str, summary: Summary, gate: GateConfig, endpoint: Endpoint, li
            infer_cfg: InferConfig, system_prompt: str | None, test: Artifact, model: Artifact | None,
            service_judged: Artifact | None, plot: Artifact | None, prices: dict[str, float | None],
            usd_per_hour: float | None, min_agreement: float | None, out: str,
-           formats: list[FormatRow] | None = None) -> Decision:
+           formats: list[FormatRow] | None = None, retirement: list[str] | None = None) -> Decision:
     """`model`: the export (final_model/), None when nothing was exported (a "not yet" page without
     latency). `endpoint` is the service's: its recorded baseline calls give the service latency and
     tokens (and, as a parameter of that name, bring the reply cache to a scratch copy). `prices`: its
@@ -66,6 +66,7 @@ def decide(root: str, summary: Summary, gate: GateConfig, endpoint: Endpoint, li
                               service_endpoint=endpoint.model_copy(update=prices),
                               student_latency=latency, student_latency_note=note, service_records=records,
                               usd_per_hour=usd_per_hour, min_agreement=min_agreement, formats=formats or [])
+    decision = decision.model_copy(update={"retirement": retirement or []})
     write_decision(root, decision, plot_rel=plot.path if plot else None)
     inline = ("data:image/png;base64," + base64.b64encode(plot.at(root).read_bytes()).decode()) if plot else None
     create_markdown_artifact(markdown=render_markdown(decision, plot=inline), key="decision",

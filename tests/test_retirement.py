@@ -39,3 +39,21 @@ def test_validate_names_the_real_maps_date_for_gpt_4o_mini(tmp_path):
                           cwd=root, capture_output=True, text=True, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NO_SUCH_KEY_VAR": "sk-test"})
     assert "openai/gpt-4o-mini retires on 2027-01-14" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_the_decision_page_names_the_date_and_the_window_is_configurable(tmp_path, monkeypatch):
+    from llamaduo.config import config_from_dict
+    from llamaduo.decision import render_markdown
+    from llamaduo.preflight import teacher_retirement
+
+    cfg = config_from_dict({"data": {"path": "x.jsonl"}, "service": {"model": "openai/gpt-4o-mini"},
+                            "decision": {"retirement_warn_days": 400}})
+    lines = teacher_retirement(cfg)
+    assert len(lines) == 1 and "2027-01-14" in lines[0] and "inside the warning window" in lines[0]
+    quiet = teacher_retirement(cfg.model_copy(update={"decision": cfg.decision.model_copy(
+        update={"retirement_warn_days": 0})}))
+    assert "2027-01-14" in quiet[0] and "warning window" not in quiet[0]
+    from tests.test_decision import decide, summary
+
+    page = render_markdown(decide(summary(), {"billing": [80, 90]}).model_copy(update={"retirement": lines}))
+    assert "**Teacher retirement**: the service model openai/gpt-4o-mini retires on 2027-01-14" in page
