@@ -49,12 +49,13 @@ def test_compose_has_postgres_server_minio_and_two_workers():
 
 
 def test_workers_serve_the_pools_the_deployments_name():
-    """The parent deployment stays on llamaduo-pool, the GPU stages' deployment is on gpu: a worker on
-    any other pool would leave their runs scheduled forever."""
+    """The parent deployments (a migration, keeping it current) stay on llamaduo-pool, the GPU stages'
+    deployment is on gpu: a worker on any other pool would leave their runs scheduled forever."""
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     doc = yaml.safe_load((DOCKER.parent / "deployments" / "prefect.yaml").read_text())
     deployment_pools = {d["name"]: d["work_pool"]["name"] for d in doc["deployments"]}
-    assert deployment_pools == {"llamaduo-migrate": "llamaduo-pool", "gpu": "gpu"}
+    assert deployment_pools == {"llamaduo-migrate": "llamaduo-pool", "llamaduo-keep-current": "llamaduo-pool",
+                                "gpu": "gpu"}
     assert set(WORKERS.values()) == set(deployment_pools.values())
     for name, pool in WORKERS.items():
         cmd = " ".join(compose["services"][name]["command"])
