@@ -67,8 +67,9 @@ class GroupCommit:
             while not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
-                clean = [self.redactor.value(exchange) for exchange, _ in batch]
-                await asyncio.to_thread(self.store.commit, clean)
+                exchanges = [exchange for exchange, _ in batch]
+                # redaction (regexes over every string) and the write run off the event loop
+                await asyncio.to_thread(lambda: self.store.commit([self.redactor.value(e) for e in exchanges]))
                 self.recorded += len(batch)
                 self.shards += 1
                 ok = True
