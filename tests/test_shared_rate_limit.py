@@ -294,12 +294,13 @@ def test_two_runs_on_one_key_stay_within_its_rpm_together_and_use_it(prefect_ser
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
     key_env = f"SHARED_KEY_{uuid.uuid4().hex[:8].upper()}"  # fresh limits on a server other tests share
-    names = limit_names(Endpoint(model="openai/fake-teacher", api_key_env=key_env))
     env = prefect_server.env(home=tmp_path / "client-home", **{key_env: "sk-shared-" + "0123456789" * 3})
-    with _sync_client(prefect_server) as client:  # another run on the key set a looser RPM before
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=names.rpm, limit=60))
 
     with _RecordingService(FakeBehaviour(rpm=RPM, latency_s=0.2)) as service:
+        # the limits of this endpoint (its api_base is part of their names) and key
+        names = limit_names(Endpoint(model="openai/fake-teacher", api_base=service.url, api_key_env=key_env))
+        with _sync_client(prefect_server) as client:  # another run on the key set a looser RPM before
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=names.rpm, limit=60))
         procs = [subprocess.Popen([sys.executable, "-c", _WORKER, service.url, key_env, tag, str(PER_PROCESS),
                                    str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for tag in ("a", "b")]
