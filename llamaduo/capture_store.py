@@ -117,15 +117,9 @@ class CaptureStore:
 
     def _put(self, rel: str, data: bytes) -> None:
         if self.local is not None:
-            target = self.local / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
+            from .store import atomic_write_bytes
+
+            target = atomic_write_bytes(self.local / rel, data)  # a dot-named temp file, synced, renamed
             _fsync_dir(target.parent)  # the rename itself survives a power cut
         else:
             self.fs.pipe_file(self._path(rel), data)  # one PUT: the object exists whole or not at all
